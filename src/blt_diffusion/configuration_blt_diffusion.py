@@ -1,0 +1,126 @@
+"""Configuration of the Byte Latent Transformer with block diffusion (BLT, BLT-D, BLT-S, BLT-DV)."""
+
+from huggingface_hub.dataclasses import strict
+from transformers.models.blt.configuration_blt import (
+    BltConfig,
+    BltGlobalTransformerConfig,
+    BltLocalDecoderConfig,
+    BltLocalEncoderConfig,
+    BltPatcherConfig,
+)
+
+# The byte vocabulary is fixed by the tokenizer, so these ids are part of the format, not of a checkpoint.
+BOS_TOKEN_ID = 1
+EOS_TOKEN_ID = 2
+PAD_TOKEN_ID = 3
+DIFFUSION_MASK_ID = 260
+
+
+@strict
+class BltDiffusionConfig(BltConfig):
+    r"""
+    Configuration of [`BltDiffusionForCausalLM`].
+
+    It extends transformers' `BltConfig` field for field, so a stock BLT checkpoint's `config.json` (model_type
+    `"blt"`) loads into it unchanged, and it reuses stock BLT's sub-configurations (`patcher_config`,
+    `encoder_config`, `global_config`, `decoder_config`) so that the shared modules keep BLT's exact semantics.
+
+    diffusion_block_size (`int`, *optional*, defaults to 0):
+        Block size B of the block-diffusion objective (BLT-D). 0 means a plain BLT model: no diffusion loss and no
+        diffusion parameters.
+    diffusion_mask_id (`int`, *optional*, defaults to 260):
+        Id of the `<mask>` input used by diffusion decoding. It lies outside the 260 byte ids of the model's
+        vocabulary on purpose: the clean byte embeddings of a stock checkpoint stay untouched.
+    num_hidden_layers (`int`, *optional*):
+        Depth of the global transformer, filled in automatically. Generic transformers machinery (caches,
+        generation, device maps) expects every decoder-style config to have it; stock `BltConfig` does not, which
+        is why stock BLT's default `generate()` crashes.
+    hidden_size (`int`, *optional*):
+        Width of the global transformer, filled in automatically for the same reason.
+    num_attention_heads (`int`, *optional*):
+        Heads of the global transformer, filled in automatically for the same reason.
+
+    Example:
+
+    ```python
+    >>> from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
+    >>> config = BltDiffusionConfig(diffusion_block_size=8)
+    >>> model = BltDiffusionForCausalLM(config)
+    ```
+    """
+
+    model_type = "blt_diffusion"
+    sub_configs_defaults = {
+        "patcher_config": BltPatcherConfig,
+        "encoder_config": BltLocalEncoderConfig,
+        "decoder_config": BltLocalDecoderConfig,
+        "global_config": BltGlobalTransformerConfig,
+    }
+
+    diffusion_block_size: int = 0
+    diffusion_mask_id: int = DIFFUSION_MASK_ID
+    num_hidden_layers: int | None = None
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    pad_token_id: int | None = PAD_TOKEN_ID
+    bos_token_id: int | None = BOS_TOKEN_ID
+    eos_token_id: int | list[int] | None = EOS_TOKEN_ID
+
+    def __post_init__(self, **kwargs):
+        # A stock checkpoint's dict says model_type "blt"; the class attribute must win.
+        kwargs.pop("model_type", None)
+        super().__post_init__(**kwargs)
+        self.num_hidden_layers = self.global_config.num_hidden_layers
+        self.hidden_size = self.global_config.hidden_size
+        self.num_attention_heads = self.global_config.num_attention_heads
+        # Stock BLT checkpoints often leave the special ids unset; the byte convention fixes them.
+        self.bos_token_id = BOS_TOKEN_ID if self.bos_token_id is None else self.bos_token_id
+        self.eos_token_id = EOS_TOKEN_ID if self.eos_token_id is None else self.eos_token_id
+        self.pad_token_id = PAD_TOKEN_ID if self.pad_token_id is None else self.pad_token_id
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: reject settings the model cannot run with, naming the field."""
+        if self.diffusion_block_size < 0:
+            raise ValueError(
+                f"`diffusion_block_size` must be >= 0 (0 disables diffusion), got {self.diffusion_block_size}."
+            )
+        if self.diffusion_mask_id < self.vocab_size:
+            raise ValueError(
+                f"`diffusion_mask_id` ({self.diffusion_mask_id}) must lie outside the byte vocabulary (>= vocab_size "
+                f"{self.vocab_size}) so that it never collides with a byte."
+            )
+        if self.max_patch_length is not None and self.max_patch_length < 1:
+            raise ValueError(
+                f"`max_patch_length` must be a positive number of bytes or None, got {self.max_patch_length}."
+            )
+        if self.patch_in_forward and self.patching_mode != "entropy":
+            raise ValueError(
+                "Only entropy patching is supported with `patch_in_forward=True`, got "
+                f"`patching_mode={self.patching_mode!r}`."
+            )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """Read a `config.json`, converting a stock BLT one (model_type `"blt"`) on the fly."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == BltConfig.model_type:
+            config_dict["model_type"] = cls.model_type
+            config_dict.pop("architectures", None)
+        return config_dict, kwargs
+
+    @classmethod
+    def from_blt_config(cls, blt_config: BltConfig, **overrides) -> "BltDiffusionConfig":
+        """Build a `BltDiffusionConfig` from a stock transformers `BltConfig`, optionally overriding fields.
+
+        Args:
+            blt_config (`BltConfig`): configuration of a stock `transformers.BltForCausalLM`.
+            overrides: fields to set on the result, for example `diffusion_block_size=8`.
+        """
+        config_dict = blt_config.to_dict()
+        config_dict.pop("model_type", None)
+        config_dict.pop("architectures", None)
+        config_dict.update(overrides)
+        return cls(**config_dict)
+
+
+__all__ = ["BltDiffusionConfig"]

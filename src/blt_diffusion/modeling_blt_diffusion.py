@@ -1,0 +1,1129 @@
+"""Byte Latent Transformer with incremental caches at every level, for BLT, BLT-D, BLT-S and BLT-DV decoding.
+
+The modules and parameter names are those of `transformers.BltForCausalLM`, so stock checkpoints load unchanged and
+the full-sequence forward reproduces stock BLT's logits. What differs is how the work is organised: one code path,
+`BltDiffusionModel.forward`, appends bytes to a `BltDiffusionCache` (or to an empty, throw-away one in training),
+and every level only processes what is new:
+
+1. the patcher (a small causal byte LM) gives the entropy of each new byte;
+2. a byte ends its patch when it is the first byte, when its entropy exceeds the threshold, or when the patch
+   reaches `max_patch_length`;
+3. the local encoder embeds the new bytes (with hash n-gram embeddings) and pools each newly closed patch into a
+   latent;
+4. the global transformer runs once per newly closed patch;
+5. the local decoder reads each new byte against the latent of the latest patch closed at or before it.
+
+A byte's patch boundary depends only on bytes up to it, so appending never changes earlier work.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_blt_diffusion import BltDiffusionConfig
+from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
+
+HASH_PRIMES = (
+    1000000007,
+    5915587277,
+    1500450271,
+    3267000013,
+    5754853343,
+    4093082899,
+    9576890767,
+    3628273133,
+    2860486313,
+    5463458053,
+    3367900313,
+)
+
+
+class BltDiffusionRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class BltDiffusionMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class BltDiffusionRotaryEmbedding(nn.Module):
+    """RoPE with BLT's interleaved layout: frequencies are repeated pairwise, not concatenated as in Llama."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        inv_freq, self.attention_scaling = self.compute_inv_freq()
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+
+    def compute_inv_freq(self) -> tuple[torch.Tensor, float]:
+        """Inverse frequencies (head_dim / 2,) and the cos/sin scaling, from the config's RoPE parameters."""
+        rope_type = self.config.rope_parameters.get("rope_type", "default")
+        if rope_type != "default":
+            return ROPE_INIT_FUNCTIONS[rope_type](self.config)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        base = self.config.rope_parameters["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
+
+    @torch.no_grad()
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`position_ids` (batch, seq) -> cos, sin of shape (batch, seq, head_dim)."""
+        freqs = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
+        embedding = torch.repeat_interleave(freqs, 2, dim=-1)
+        cos = embedding.cos() * self.attention_scaling
+        sin = embedding.sin() * self.attention_scaling
+        return cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
+
+
+def rotate_pairs(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Rotate each (even, odd) pair of channels by 90 degrees, matching the interleaved RoPE layout."""
+    even = hidden_states[..., ::2]
+    odd = hidden_states[..., 1::2]
+    return torch.stack([-odd, even], dim=-1).flatten(-2)
+
+
+def apply_rotary_pos_emb(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`query`, `key` (batch, heads, seq, head_dim); `cos`, `sin` (batch, seq, head_dim)."""
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return query * cos + rotate_pairs(query) * sin, key * cos + rotate_pairs(key) * sin
+
+
+class KeyValueBuffer:
+    """Keys and values of one transformer stack, stored by slot, with a valid range per row.
+
+    Row `r` holds tokens in slots `starts[r] <= slot < ends[r]`; slots before `starts[r]` are left padding. Rows may
+    have different `ends` (speculative decoding accepts different numbers of bytes per row, and rows close patches
+    at different times), so new tokens are written at each row's own end. Buffers grow by doubling.
+
+    Tensors: `keys[layer]`, `values[layer]` of shape (batch, kv_heads, capacity, head_dim).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        shape = (batch_size, num_kv_heads, max(capacity, 1), head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.starts = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.ends = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def reserve(self, needed: int) -> None:
+        """Make room for slots up to `needed` (exclusive), doubling the capacity as often as necessary."""
+        if needed <= self.capacity or not self.keys:
+            return
+        new_capacity = self.capacity
+        while new_capacity < needed:
+            new_capacity *= 2
+        for buffers in (self.keys, self.values):
+            for layer_idx, old in enumerate(buffers):
+                grown = old.new_zeros(old.shape[:2] + (new_capacity,) + old.shape[3:])
+                grown[:, :, : old.shape[2]] = old
+                buffers[layer_idx] = grown
+
+    def crop(self, new_ends: torch.Tensor) -> None:
+        """Forget every slot at or after `new_ends` (batch,), e.g. a rejected draft."""
+        self.ends = torch.minimum(self.ends, new_ends.to(self.ends))
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the rows `rows` (for example the unfinished rows of a batch)."""
+        self.keys = [tensor[rows] for tensor in self.keys]
+        self.values = [tensor[rows] for tensor in self.values]
+        self.starts = self.starts[rows]
+        self.ends = self.ends[rows]
+
+
+@dataclass
+class AttentionContext:
+    """What every layer of one stack needs to attend for one call: positions, mask and where its keys live.
+
+    `position_ids` (batch, new), `mask` (batch, 1, new, keys) boolean, True where a query may attend. When `buffer`
+    is set, new keys are written at `write_slots` (batch, new) and attention reads slots `[key_start, key_end)`;
+    otherwise the new keys are all there is (full-sequence forward without a cache).
+    """
+
+    position_ids: torch.Tensor
+    mask: torch.Tensor
+    buffer: KeyValueBuffer | None = None
+    write_slots: torch.Tensor | None = None
+    key_start: int = 0
+    key_end: int = 0
+
+    def keys_values(
+        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys/values (batch, kv_heads, new, head_dim) and return those to attend."""
+        if self.buffer is None:
+            return keys, values
+        rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+        key_buffer = self.buffer.keys[layer_idx]
+        value_buffer = self.buffer.values[layer_idx]
+        key_buffer[rows, :, self.write_slots] = keys.transpose(1, 2).to(key_buffer.dtype)
+        value_buffer[rows, :, self.write_slots] = values.transpose(1, 2).to(value_buffer.dtype)
+        return (
+            key_buffer[:, :, self.key_start : self.key_end],
+            value_buffer[:, :, self.key_start : self.key_end],
+        )
+
+
+def build_attention_context(
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    num_new: int,
+    sliding_window: int | None,
+    buffer: KeyValueBuffer | None,
+) -> AttentionContext:
+    """Positions and causal (optionally sliding-window) mask for `num_new` tokens appended after `ends` (batch,).
+
+    A query in slot q of row r may attend slot s when `starts[r] <= s <= q` and, with a window W, `s > q - W`.
+    Left-padding queries (q < starts[r]) attend only themselves, which keeps them finite and harmless.
+    """
+    device = ends.device
+    new_offsets = torch.arange(num_new, device=device)
+    query_slots = ends[:, None] + new_offsets
+    if buffer is None:
+        key_start, key_end = 0, num_new
+    else:
+        key_end = int(ends.max()) + num_new
+        earliest = int(ends.min())
+        key_start = 0 if sliding_window is None else max(0, earliest - sliding_window + 1)
+        buffer.reserve(key_end)
+    key_slots = torch.arange(key_start, key_end, device=device)
+    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
+    if sliding_window is not None:
+        allowed &= key_slots > query_slots[..., None] - sliding_window
+    allowed |= key_slots == query_slots[..., None]
+    return AttentionContext(
+        position_ids=(query_slots - starts[:, None]).clamp(min=0),
+        mask=allowed[:, None],
+        buffer=buffer,
+        write_slots=query_slots if buffer is not None else None,
+        key_start=key_start,
+        key_end=key_end,
+    )
+
+
+class BltDiffusionSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.dropout = config.dropout
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden)."""
+        batch_size, num_new, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch_size, num_new, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        key, value = context.keys_values(self.layer_idx, key, value)
+        attn_output = F.scaled_dot_product_attention(
+            query,
+            key.to(query.dtype),
+            value.to(query.dtype),
+            attn_mask=context.mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_key_value_heads != self.num_heads,
+        )
+        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
+
+
+class BltDiffusionCrossAttention(nn.Module):
+    """Cross-attention between bytes and patch latents, without positions. The residual is added inside (as in BLT)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.dropout = config.dropout
+        self.q_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.k_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def project_queries(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, queries, hidden) -> (batch, heads, queries, head_dim)."""
+        batch_size, num_queries, _ = hidden_states.shape
+        query = self.q_proj(self.q_norm(hidden_states))
+        return query.view(batch_size, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., hidden) -> keys, values of shape (..., kv_heads, head_dim)."""
+        normed = self.k_norm(states)
+        key = self.k_proj(normed).unflatten(-1, (self.num_key_value_heads, self.head_dim))
+        value = self.v_proj(normed).unflatten(-1, (self.num_key_value_heads, self.head_dim))
+        return key, value
+
+    def finish(self, hidden_states: torch.Tensor, attn_output: torch.Tensor) -> torch.Tensor:
+        """attn_output (batch, heads, queries, head_dim) -> output projection plus the internal residual."""
+        batch_size, _, num_queries, _ = attn_output.shape
+        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_queries, -1)) + hidden_states
+
+    def forward(self, hidden_states: torch.Tensor, key_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Dense form, patches reading bytes: `hidden_states` (batch, queries, hidden), `key_states` (batch, keys,
+        hidden), `mask` (batch, 1, queries, keys) boolean."""
+        query = self.project_queries(hidden_states)
+        key, value = self.project_keys_values(key_states)
+        attn_output = F.scaled_dot_product_attention(
+            query,
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_key_value_heads != self.num_heads,
+        )
+        return self.finish(hidden_states, attn_output)
+
+    def forward_gathered(self, hidden_states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Gathered form, each byte reading only its own latent: `hidden_states` (batch, queries, hidden), `keys`,
+        `values` (batch, queries, splits, kv_heads, head_dim), already projected once per patch."""
+        query = self.project_queries(hidden_states)
+        group = self.num_heads // self.num_key_value_heads
+        keys = keys.repeat_interleave(group, dim=3).to(query.dtype)
+        values = values.repeat_interleave(group, dim=3).to(query.dtype)
+        scores = torch.einsum("bhqd,bqshd->bhqs", query, keys) * self.head_dim**-0.5
+        weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), self.dropout, self.training)
+        attn_output = torch.einsum("bhqs,bqshd->bhqd", weights, values)
+        return self.finish(hidden_states, attn_output)
+
+
+class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.self_attn = BltDiffusionSelfAttention(config, layer_idx)
+        self.mlp = BltDiffusionMLP(config)
+        self.input_layernorm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, context
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    rotary_emb: BltDiffusionRotaryEmbedding,
+    hidden_states: torch.Tensor,
+    context: AttentionContext,
+) -> torch.Tensor:
+    position_embeddings = rotary_emb(hidden_states, context.position_ids)
+    for layer in layers:
+        hidden_states = layer(hidden_states, position_embeddings, context)
+    return hidden_states
+
+
+class BltDiffusionPatcher(nn.Module):
+    """The entropy model: a small causal byte LM whose next-byte entropy decides where patches end. Frozen."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.layers = nn.ModuleList(
+            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
+        )
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """`input_ids` (batch, new) -> entropy in nats of the byte following each position (batch, new)."""
+        hidden_states = run_layers(self.layers, self.rotary_emb, self.embed_tokens(input_ids), context)
+        logits = self.lm_head(self.norm(hidden_states))
+        return torch.distributions.Categorical(logits=logits).entropy()
+
+
+class BltDiffusionLocalEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
+        )
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.patch_embedding_projection = nn.Linear(
+            config.hidden_size, config.hidden_size * config.cross_attn_k, bias=False
+        )
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        num_cross_layers = config.num_hidden_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_layers))
+
+    def forward(self, embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """Byte embeddings (batch, new, hidden) -> byte hidden states (batch, new, hidden)."""
+        hidden_states = F.dropout(embeddings, p=self.config.dropout, training=self.training)
+        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+
+    def pool_patches(
+        self, byte_states: torch.Tensor, byte_patch_index: torch.Tensor, num_patches: int
+    ) -> torch.Tensor:
+        """Pool bytes into patch latents: max over each patch's bytes, then the patches cross-attend their bytes.
+
+        Args:
+            byte_states (`torch.Tensor` of shape `(batch, bytes, hidden)`): encoder outputs.
+            byte_patch_index (`torch.Tensor` of shape `(batch, bytes)`): patch of each byte in `[0, num_patches)`,
+                or `num_patches` for bytes that belong to none of them.
+            num_patches (`int`): patches to produce.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, num_patches, hidden * cross_attn_k)`.
+        """
+        batch_size, _, hidden_size = byte_states.shape
+        splits = self.config.cross_attn_k
+        pooled = byte_states.new_zeros(batch_size, num_patches + 1, hidden_size).scatter_reduce(
+            1, byte_patch_index[..., None].expand(-1, -1, hidden_size), byte_states, reduce="amax", include_self=False
+        )[:, :num_patches]
+        patch_queries = self.patch_embedding_projection(pooled).reshape(batch_size, num_patches * splits, hidden_size)
+        query_patch = torch.arange(num_patches, device=byte_states.device).repeat_interleave(splits)
+        mask = query_patch[None, :, None] == byte_patch_index[:, None, :]
+        # A query without bytes (a padding patch) would be all -inf; let it read everything and be discarded.
+        mask |= ~mask.any(dim=-1, keepdim=True)
+        # Stock BLT runs a cross-attention per encoder layer but re-pools before each, so only the last one counts.
+        cross_attention = self.cross_attn_layers[-1]
+        patch_queries = patch_queries + cross_attention(patch_queries, byte_states, mask[:, None])
+        return patch_queries.reshape(batch_size, num_patches, splits * hidden_size)
+
+
+class BltDiffusionGlobalTransformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
+        )
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        if getattr(config, "encoder_cross_output_size", None) is not None:
+            self.token_embedding_projection = nn.Linear(
+                config.encoder_cross_output_size, config.hidden_size, bias=False
+            )
+        else:
+            self.token_embedding_projection = nn.Identity()
+
+    def forward(self, patch_embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """Patch latents (batch, new_patches, encoder_hidden * k) -> global states (batch, new_patches, hidden)."""
+        hidden_states = self.token_embedding_projection(patch_embeddings)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+
+
+class BltDiffusionLocalDecoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
+        )
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.patch_embedding_projection = nn.Linear(
+            config.hidden_size_global, config.hidden_size * config.cross_attn_k, bias=False
+        )
+        self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        num_cross_layers = config.num_hidden_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_layers))
+
+    def latent_keys_values(self, global_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Project patch states once per patch for every cross-attention layer.
+
+        `global_states` (batch, patches, global_hidden) -> per layer, keys and values of shape
+        (batch, patches, cross_attn_k, kv_heads, head_dim).
+        """
+        latents = self.patch_embedding_projection(global_states)
+        latents = latents.unflatten(-1, (self.config.cross_attn_k, self.config.hidden_size))
+        return [layer.project_keys_values(latents) for layer in self.cross_attn_layers]
+
+    def forward(
+        self,
+        byte_states: torch.Tensor,
+        latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """Decode bytes against their latents.
+
+        Args:
+            byte_states (`torch.Tensor` of shape `(batch, new, hidden)`): encoder outputs of the bytes.
+            latent_keys_values: per cross-attention layer, keys and values already gathered for each byte, of shape
+                `(batch, new, cross_attn_k, kv_heads, head_dim)`.
+            context (`AttentionContext`): self-attention positions, mask and cache.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, hidden)`, normalised, ready for the LM head.
+        """
+        position_embeddings = self.rotary_emb(byte_states, context.position_ids)
+        hidden_states = F.dropout(byte_states, p=self.config.dropout, training=self.training)
+        for layer_idx, layer in enumerate(self.layers):
+            if layer_idx < len(self.cross_attn_layers):
+                keys, values = latent_keys_values[layer_idx]
+                hidden_states = hidden_states + self.cross_attn_layers[layer_idx].forward_gathered(
+                    hidden_states, keys, values
+                )
+            hidden_states = layer(hidden_states, position_embeddings, context)
+        return self.norm(hidden_states)
+
+
+def byte_ngram_hashes(token_ids: torch.Tensor, group_size: int, prime: int, num_buckets: int) -> torch.Tensor:
+    """Hash each byte's n-gram ending at it, `token_ids` (batch, seq) -> bucket ids (batch, seq - group_size + 1).
+
+    The caller supplies `group_size - 1` bytes of left context (zeros before the start of a sequence). The int64
+    arithmetic wraps around on purpose: that is how the BLT checkpoints' hash tables were indexed.
+    """
+    windows = token_ids.unfold(1, group_size, 1)
+    powers = torch.tensor(prime, dtype=torch.int64, device=token_ids.device) ** torch.arange(
+        group_size, device=token_ids.device
+    )
+    return (windows * powers).sum(dim=-1) % num_buckets
+
+
+class BltDiffusionCache:
+    """Everything incremental BLT decoding keeps between calls, for every level of the model.
+
+    Byte level (slots shared by all byte buffers, left padding before `starts`): patcher, encoder and decoder
+    key/value buffers, the byte ids (for hash n-grams), the encoder outputs (for pooling the open patch) and which
+    bytes end a patch. Patch level: global key/value buffer and, per decoder cross-attention layer, the projected
+    keys/values of every closed patch. The open patch is the run of bytes after the last patch end.
+
+    The decoder may lag the other byte buffers by one slot: with `max_patch_length`, stock BLT decodes the newest
+    byte against the latent before its own patch even when that byte closes the patch, and uses its own patch only
+    once another byte follows. The newest byte is then re-decoded on the next call.
+    """
+
+    def __init__(
+        self,
+        config: BltDiffusionConfig,
+        batch_size: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        device = torch.device(device)
+        capacity = max(int(capacity), 1)
+        self.newest_byte_is_provisional = config.max_patch_length is not None and config.patch_in_forward
+        self.patches_closed_last_call = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+        def stack_buffer(sub_config, slots):
+            return KeyValueBuffer(
+                sub_config.num_hidden_layers,
+                batch_size,
+                sub_config.num_key_value_heads,
+                sub_config.hidden_size // sub_config.num_attention_heads,
+                slots,
+                dtype,
+                device,
+            )
+
+        self.patcher = stack_buffer(config.patcher_config, capacity) if config.patch_in_forward else None
+        self.encoder = stack_buffer(config.encoder_config, capacity)
+        self.decoder = stack_buffer(config.decoder_config, capacity)
+        self.global_transformer = stack_buffer(config.global_config, capacity)
+        decoder_config = config.decoder_config
+        num_cross_layers = decoder_config.num_hidden_layers if decoder_config.cross_attn_all_layers else 1
+        latent_shape = (
+            batch_size,
+            capacity,
+            config.cross_attn_k,
+            decoder_config.num_key_value_heads,
+            decoder_config.hidden_size // decoder_config.num_attention_heads,
+        )
+        self.latent_keys_values = [
+            (
+                torch.zeros(latent_shape, dtype=dtype, device=device),
+                torch.zeros(latent_shape, dtype=dtype, device=device),
+            )
+            for _ in range(num_cross_layers)
+        ]
+        self.token_ids = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
+        self.encoder_states = torch.zeros(
+            batch_size, capacity, config.encoder_config.hidden_size, dtype=dtype, device=device
+        )
+        self.ends_patch = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.token_ids.shape[0]
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """First real slot of each row (batch,): the number of left-padding slots."""
+        return self.encoder.starts
+
+    @property
+    def byte_ends(self) -> torch.Tensor:
+        """One past the last byte of each row (batch,)."""
+        return self.encoder.ends
+
+    @property
+    def num_patches(self) -> torch.Tensor:
+        """Closed patches of each row (batch,)."""
+        return self.global_transformer.ends
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Longest row, in slots (left padding included), as transformers' caches report it."""
+        return int(self.byte_ends.max())
+
+    def lengths(self) -> torch.Tensor:
+        """Bytes held by each row, padding excluded (batch,)."""
+        return self.byte_ends - self.starts
+
+    def _byte_level_buffers(self) -> list[KeyValueBuffer]:
+        return [buffer for buffer in (self.patcher, self.encoder, self.decoder) if buffer is not None]
+
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` byte slots (and as many patches) per row."""
+        for buffer in self._byte_level_buffers() + [self.global_transformer]:
+            buffer.reserve(needed)
+        capacity = self.token_ids.shape[1]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+
+        def grow(tensor: torch.Tensor) -> torch.Tensor:
+            grown = tensor.new_zeros((tensor.shape[0], new_capacity) + tensor.shape[2:])
+            grown[:, :capacity] = tensor
+            return grown
+
+        self.token_ids = grow(self.token_ids)
+        self.encoder_states = grow(self.encoder_states)
+        self.ends_patch = grow(self.ends_patch)
+        self.latent_keys_values = [(grow(keys), grow(values)) for keys, values in self.latent_keys_values]
+
+    def crop(self, lengths: torch.Tensor | int) -> None:
+        """Roll every level back so that row r keeps its first `lengths[r]` bytes (padding excluded).
+
+        Patches that ended in the removed bytes are forgotten; a patch cut in two becomes the open patch again.
+        """
+        if isinstance(lengths, int):
+            lengths = torch.full_like(self.starts, lengths)
+        new_ends = torch.minimum(self.starts + lengths.to(self.starts), self.byte_ends)
+        for buffer in self._byte_level_buffers():
+            buffer.crop(new_ends)
+        slots = torch.arange(self.ends_patch.shape[1], device=new_ends.device)
+        kept = (slots >= self.starts[:, None]) & (slots < new_ends[:, None])
+        self.global_transformer.ends = (self.ends_patch & kept).sum(dim=1)
+        if self.newest_byte_is_provisional:
+            newest_ends_patch = self.ends_patch.gather(1, (new_ends - 1).clamp(min=0)[:, None])[:, 0]
+            self.decoder.ends = torch.minimum(self.decoder.ends, new_ends - newest_ends_patch.long())
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` (batch',)."""
+        for buffer in self._byte_level_buffers() + [self.global_transformer]:
+            buffer.select_rows(rows)
+        self.token_ids = self.token_ids[rows]
+        self.encoder_states = self.encoder_states[rows]
+        self.ends_patch = self.ends_patch[rows]
+        self.latent_keys_values = [(keys[rows], values[rows]) for keys, values in self.latent_keys_values]
+
+
+@dataclass
+class PatchSegmentation:
+    """Where patches end among the bytes of one call and which latent each byte reads.
+
+    All tensors are (batch, new). `ends_patch`: the byte closes its patch. `patch_index`: global index of the
+    patch holding the byte. `decoder_target`: global index of the patch latent the decoder reads at that byte.
+    `new_patches` (batch,): patches closed in this call.
+    """
+
+    ends_patch: torch.Tensor
+    patch_index: torch.Tensor
+    decoder_target: torch.Tensor
+    new_patches: torch.Tensor
+
+
+class BltDiffusionPreTrainedModel(PreTrainedModel):
+    config_class = BltDiffusionConfig
+    config: BltDiffusionConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BltDiffusionTransformerLayer", "BltDiffusionCrossAttention"]
+    _supports_sdpa = True
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.(original_)?inv_freq"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated normal with std 1/sqrt(fan_in), as the original BLT; norms start at 1."""
+        if isinstance(module, nn.Linear):
+            std = module.in_features**-0.5
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        elif isinstance(module, nn.Embedding):
+            std = module.embedding_dim**-0.5
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        elif isinstance(module, BltDiffusionRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, BltDiffusionRotaryEmbedding):
+            # Buffers are not in checkpoints; models built on the meta device must recompute them.
+            init.copy_(module.inv_freq, module.compute_inv_freq()[0])
+
+
+class BltDiffusionModel(BltDiffusionPreTrainedModel):
+    def __init__(self, config: BltDiffusionConfig):
+        super().__init__(config)
+        self.local_encoder = BltDiffusionLocalEncoder(config.encoder_config)
+        self.global_transformer = BltDiffusionGlobalTransformer(config.global_config)
+        self.local_decoder = BltDiffusionLocalDecoder(config.decoder_config)
+        num_hash_tables = config.encoder_hash_byte_group_nb_functions * len(config.encoder_hash_byte_group_size)
+        self.encoder_hash_tok_embedding = nn.Embedding(
+            config.encoder_hash_byte_group_vocab * num_hash_tables, config.encoder_config.hidden_size
+        )
+        if config.patch_in_forward:
+            self.patcher = BltDiffusionPatcher(config.patcher_config)
+            self.patcher.requires_grad_(False)
+        else:
+            self.patcher = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.local_encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.local_encoder.embed_tokens = value
+
+    def embed_bytes(self, token_ids: torch.Tensor, num_new: int) -> torch.Tensor:
+        """Byte plus hash n-gram embeddings of the last `num_new` bytes of `token_ids` (batch, context + num_new),
+        whose first bytes are left context for the n-grams. Returns (batch, num_new, encoder_hidden)."""
+        config = self.config
+        context = max(config.encoder_hash_byte_group_size) - 1
+        padded = F.pad(token_ids, (max(0, context + num_new - token_ids.shape[1]), 0))
+        embeddings = self.local_encoder.embed_tokens(padded[:, -num_new:])
+        table_idx = 0
+        for function_idx in range(config.encoder_hash_byte_group_nb_functions):
+            prime = HASH_PRIMES[function_idx % len(HASH_PRIMES)]
+            for group_size in config.encoder_hash_byte_group_size:
+                group_ids = padded[:, padded.shape[1] - num_new - group_size + 1 :]
+                hashes = byte_ngram_hashes(group_ids, group_size, prime, config.encoder_hash_byte_group_vocab)
+                embeddings = embeddings + self.encoder_hash_tok_embedding(
+                    hashes + table_idx * config.encoder_hash_byte_group_vocab
+                )
+                table_idx += 1
+        return embeddings
+
+    def segment(
+        self,
+        entropies: torch.Tensor | None,
+        positions: torch.Tensor,
+        real: torch.Tensor,
+        open_patch_length: torch.Tensor,
+        num_patches: torch.Tensor,
+        frontier: bool,
+    ) -> PatchSegmentation:
+        """Decide which new bytes close a patch and which latent the decoder reads at each.
+
+        Args:
+            entropies (`torch.Tensor` of shape `(batch, new)`, *optional*): patcher entropies; None without a patcher,
+                which makes every byte its own patch (stock BLT with `patch_in_forward=False`).
+            positions (`torch.Tensor` of shape `(batch, new)`): byte positions (0 is the first byte of a row).
+            real (`torch.Tensor` of shape `(batch, new)`): False for left padding.
+            open_patch_length (`torch.Tensor` of shape `(batch,)`): bytes already in the open patch.
+            num_patches (`torch.Tensor` of shape `(batch,)`): patches closed before this call.
+            frontier (`bool`): the last new byte is the newest byte of the sequence (stock BLT's quirk below).
+        """
+        config = self.config
+        if entropies is None:
+            ends_patch = real.clone()
+        else:
+            ends_patch = real & ((positions == 0) | (entropies > config.patching_threshold))
+            if config.max_patch_length is not None:
+                ends_patch |= real & self._reaches_max_length(ends_patch, open_patch_length, config.max_patch_length)
+        closed_through = num_patches[:, None] + ends_patch.long().cumsum(dim=1)
+        patch_index = closed_through - ends_patch.long()
+        decoder_target = closed_through - 1
+        if frontier and entropies is not None and config.max_patch_length is not None:
+            # Stock BLT drops the trailing empty patch when splitting long patches, so its newest byte reads the
+            # latent before its own patch even when it closes that patch.
+            decoder_target[:, -1] = (patch_index[:, -1] - 1).clamp(min=0)
+        return PatchSegmentation(
+            ends_patch=ends_patch,
+            patch_index=patch_index,
+            decoder_target=decoder_target.clamp(min=0),
+            new_patches=ends_patch.sum(dim=1),
+        )
+
+    @staticmethod
+    def _reaches_max_length(
+        ends_patch: torch.Tensor, open_patch_length: torch.Tensor, max_patch_length: int
+    ) -> torch.Tensor:
+        """Bytes where a patch (counted from its entropy-defined start) reaches a multiple of `max_patch_length`."""
+        num_new = ends_patch.shape[1]
+        offsets = torch.arange(num_new, device=ends_patch.device).expand_as(ends_patch)
+        starts_run = torch.zeros_like(ends_patch)
+        starts_run[:, 1:] = ends_patch[:, :-1]
+        run_start = torch.where(starts_run, offsets, torch.full_like(offsets, -(1 << 40)))
+        run_start[:, 0] = torch.where(starts_run[:, 0], 0, -open_patch_length)
+        run_start = run_start.cummax(dim=1).values
+        return (offsets - run_start + 1) % max_patch_length == 0
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: BltDiffusionCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append `input_ids` to `cache` (or to an empty sequence) and decode them.
+
+        Args:
+            input_ids (`torch.Tensor` of shape `(batch, new)`): byte ids. Without a cache, a whole (left-padded)
+                sequence; with one, the bytes that follow what the cache holds.
+            cache (`BltDiffusionCache`, *optional*): updated in place.
+            attention_mask (`torch.Tensor` of shape `(batch, new)`, *optional*): 0 for left padding; only allowed
+                on an empty cache.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, decoder_hidden)`: decoder states, one per new byte.
+        """
+        batch_size, num_new = input_ids.shape
+        device = input_ids.device
+        if cache is None or int(cache.byte_ends.max()) == 0:
+            starts = (
+                torch.zeros(batch_size, dtype=torch.long, device=device)
+                if attention_mask is None
+                else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+            )
+            if cache is not None:
+                for buffer in cache._byte_level_buffers():
+                    buffer.starts = starts.clone()
+                    buffer.ends = starts.new_zeros(batch_size)
+        else:
+            starts = cache.starts
+        byte_ends = cache.byte_ends if cache is not None else torch.zeros_like(starts)
+        slots = byte_ends[:, None] + torch.arange(num_new, device=device)
+        real = slots >= starts[:, None]
+        positions = slots - starts[:, None]
+        token_ids = input_ids.masked_fill(~real, 0)
+
+        # Bytes of left context for the hash n-grams, zeros before a row's start, as stock BLT pads.
+        context = max(self.config.encoder_hash_byte_group_size) - 1
+        if cache is not None:
+            cache.reserve(int(byte_ends.max()) + num_new)
+            context_slots = byte_ends[:, None] - context + torch.arange(context, device=device)
+            history = cache.token_ids.gather(1, context_slots.clamp(min=0))
+            history = history.masked_fill(context_slots < starts[:, None], 0)
+            token_ids_with_context = torch.cat([history, token_ids], dim=1)
+        else:
+            token_ids_with_context = token_ids
+        byte_embeddings = self.embed_bytes(token_ids_with_context, num_new)
+
+        entropies = None
+        if self.patcher is not None:
+            patcher_buffer = cache.patcher if cache is not None else None
+            patcher_context = build_attention_context(
+                starts, byte_ends, num_new, self.config.patcher_config.sliding_window, patcher_buffer
+            )
+            entropies = self.patcher(token_ids, patcher_context)
+        window = self.config.local_attention_window_len
+        encoder_context = build_attention_context(
+            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None
+        )
+        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+
+        num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
+        open_patch_start = self._open_patch_start(cache, starts) if cache is not None else starts
+        segmentation = self.segment(
+            entropies, positions, real, (byte_ends - open_patch_start).clamp(min=0), num_patches, frontier=True
+        )
+
+        latent_keys_values = self._close_patches(
+            cache, byte_states, segmentation, open_patch_start, byte_ends, starts, num_patches
+        )
+        if cache is not None:
+            cache.patches_closed_last_call = segmentation.new_patches
+            rows = torch.arange(batch_size, device=device)[:, None]
+            cache.token_ids[rows, slots] = token_ids
+            cache.encoder_states[rows, slots] = byte_states.to(cache.encoder_states.dtype)
+            cache.ends_patch[rows, slots] = segmentation.ends_patch
+            for buffer in [cache.patcher, cache.encoder]:
+                if buffer is not None:
+                    buffer.ends = byte_ends + num_new
+        return self._decode(cache, byte_states, segmentation, latent_keys_values, starts, byte_ends, num_new)
+
+    @staticmethod
+    def _open_patch_start(cache: BltDiffusionCache, starts: torch.Tensor) -> torch.Tensor:
+        """First slot of each row's open patch (batch,): one past the last byte that ended a patch."""
+        slots = torch.arange(cache.ends_patch.shape[1], device=starts.device)
+        held = (slots >= starts[:, None]) & (slots < cache.byte_ends[:, None])
+        last_end = torch.where(cache.ends_patch & held, slots, -1).max(dim=1).values
+        return torch.where(last_end >= 0, last_end + 1, starts)
+
+    def _close_patches(
+        self,
+        cache: BltDiffusionCache | None,
+        byte_states: torch.Tensor,
+        segmentation: PatchSegmentation,
+        open_patch_start: torch.Tensor,
+        byte_ends: torch.Tensor,
+        starts: torch.Tensor,
+        num_patches: torch.Tensor,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pool, globally encode and project the patches closed by this call's bytes.
+
+        Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
+        cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
+        """
+        max_new_patches = int(segmentation.new_patches.max())
+        if max_new_patches == 0:
+            return cache.latent_keys_values if cache is not None else []
+        device = byte_states.device
+        batch_size = byte_states.shape[0]
+        if cache is not None:
+            # The open patch's earlier bytes live in the cache; pool over them and the new bytes together.
+            window_start = int(open_patch_start.min())
+            history_states = cache.encoder_states[:, window_start : int(byte_ends.max())]
+            history_slots = torch.arange(window_start, window_start + history_states.shape[1], device=device)
+            in_open_patch = (history_slots >= open_patch_start[:, None]) & (history_slots < byte_ends[:, None])
+            history_patch = torch.where(in_open_patch, 0, max_new_patches)
+            window_states = torch.cat([history_states.to(byte_states.dtype), byte_states], dim=1)
+        else:
+            window_states = byte_states
+            history_patch = byte_states.new_zeros(batch_size, 0, dtype=torch.long)
+        local_patch = segmentation.patch_index - num_patches[:, None]
+        slots_new = byte_ends[:, None] + torch.arange(byte_states.shape[1], device=device)
+        closes = (local_patch < segmentation.new_patches[:, None]) & (slots_new >= starts[:, None])
+        local_patch = torch.where(closes, local_patch, max_new_patches)
+        byte_patch_index = torch.cat([history_patch, local_patch], dim=1)
+        patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, max_new_patches)
+
+        global_context = build_attention_context(
+            torch.zeros_like(num_patches),
+            num_patches,
+            max_new_patches,
+            None,
+            cache.global_transformer if cache is not None else None,
+        )
+        global_states = self.global_transformer(patch_embeddings, global_context)
+        new_keys_values = self.local_decoder.latent_keys_values(global_states)
+        if cache is None:
+            return new_keys_values
+        cache.global_transformer.ends = num_patches + segmentation.new_patches
+        rows = torch.arange(batch_size, device=device)[:, None]
+        patch_slots = num_patches[:, None] + torch.arange(max_new_patches, device=device)
+        for (key_buffer, value_buffer), (keys, values) in zip(cache.latent_keys_values, new_keys_values, strict=True):
+            key_buffer[rows, patch_slots] = keys.to(key_buffer.dtype)
+            value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
+        return cache.latent_keys_values
+
+    def _decode(
+        self,
+        cache: BltDiffusionCache | None,
+        byte_states: torch.Tensor,
+        segmentation: PatchSegmentation,
+        latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+        starts: torch.Tensor,
+        byte_ends: torch.Tensor,
+        num_new: int,
+    ) -> torch.Tensor:
+        """Run the local decoder on the new bytes, re-decoding the previous newest byte when its latent changed."""
+        decoder_targets = segmentation.decoder_target
+        decoder_start = byte_ends
+        if cache is not None and int((cache.decoder.ends < byte_ends).sum()) > 0:
+            # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`).
+            decoder_start = cache.decoder.ends
+            rows = torch.arange(byte_states.shape[0], device=byte_states.device)
+            lagging = decoder_start < byte_ends
+            previous_slot = (byte_ends - 1).clamp(min=0)
+            previous_state = cache.encoder_states[rows, previous_slot].to(byte_states.dtype)
+            previous_target = cache.num_patches - segmentation.new_patches - 1
+            byte_states = torch.cat([previous_state[:, None], byte_states], dim=1)
+            decoder_targets = torch.cat([previous_target.clamp(min=0)[:, None], decoder_targets], dim=1)
+            # Rows that do not lag re-decode their newest byte too, identically, to keep one shape for the batch.
+            decoder_start = torch.where(lagging, decoder_start, byte_ends - 1)
+            cache.decoder.ends = decoder_start
+        gathered = [
+            (self._gather_patches(keys, decoder_targets), self._gather_patches(values, decoder_targets))
+            for keys, values in latent_keys_values
+        ]
+        decoder_context = build_attention_context(
+            starts,
+            decoder_start,
+            byte_states.shape[1],
+            self.config.local_attention_window_len,
+            cache.decoder if cache is not None else None,
+        )
+        decoder_states = self.local_decoder(byte_states, gathered, decoder_context)
+        if cache is not None:
+            cache.decoder.ends = decoder_start + byte_states.shape[1]
+            if cache.newest_byte_is_provisional:
+                cache.decoder.ends = cache.decoder.ends - segmentation.ends_patch[:, -1].long()
+        return decoder_states[:, -num_new:]
+
+    @staticmethod
+    def _gather_patches(patch_tensor: torch.Tensor, patch_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, patches, ...) indexed by (batch, new) -> (batch, new, ...)."""
+        rows = torch.arange(patch_tensor.shape[0], device=patch_tensor.device)[:, None]
+        return patch_tensor[rows, patch_ids]
+
+
+@dataclass
+class BltDiffusionCausalLMOutput(ModelOutput):
+    """
+    Output of [`BltDiffusionForCausalLM`].
+
+    loss (`torch.FloatTensor` of shape `()`, *optional*): next-byte cross-entropy, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
+    cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
+        `cache`, formerly `past_key_values`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: BltDiffusionCache | None = None
+
+
+class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGenerationMixin):
+    """BLT with a language-modelling head, cached incremental inference and the BLT-D/BLT-S decoding strategies.
+
+    Example:
+
+    ```python
+    >>> from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
+    >>> model = BltDiffusionForCausalLM.from_pretrained("path/to/checkpoint")
+    >>> tokenizer = BltDiffusionTokenizer()
+    >>> inputs = tokenizer("def add(a, b):", return_tensors="pt")
+    >>> tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0])
+    ```
+    """
+
+    generation_config_class = BltDiffusionGenerationConfig
+
+    def __init__(self, config: BltDiffusionConfig):
+        super().__init__(config)
+        self.model = BltDiffusionModel(config)
+        self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device | str | None = None) -> BltDiffusionCache:
+        """An empty cache for `batch_size` rows with room for `capacity` bytes each (it grows if needed)."""
+        return BltDiffusionCache(self.config, batch_size, capacity, self.dtype, device or self.device)
+
+    def validate_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, allow_right_padding: bool
+    ) -> None:
+        """Reject inputs the model cannot read with a message that names the problem."""
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"`input_ids` must hold integer byte ids, got dtype {input_ids.dtype}.")
+        if input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"`input_ids` contains id {bad}, outside the model's vocabulary [0, {self.config.vocab_size})."
+                )
+        if attention_mask is None:
+            return
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
+                f"{tuple(input_ids.shape)}; they must match."
+            )
+        mask = attention_mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("Every row of `attention_mask` needs at least one 1 (a row without tokens).")
+        # Rows must be one contiguous run of tokens: padding on the left (and, without a cache, on the right).
+        starts_run = mask[:, 1:] & ~mask[:, :-1]
+        if bool((starts_run.sum(dim=1) + mask[:, 0].long() > 1).any()):
+            raise ValueError("`attention_mask` has holes: each row must be padding, then tokens, then padding.")
+        if not allow_right_padding and bool((~mask[:, -1]).any()):
+            raise ValueError("Right padding is not supported here: pad on the left (tokenizer.padding_side = 'left').")
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: BltDiffusionCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BltDiffusionCausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `past_key_values`,
+                the bytes that follow what the cache holds.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding. Left padding
+                always; right padding only without a cache (labels there should be -100).
+            past_key_values (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one.
+            labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets for the shifted next-byte loss,
+                -100 to ignore.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*): keep only the last n positions' logits (0: all).
+        """
+        if inputs_embeds is not None:
+            raise ValueError(
+                "BLT needs byte ids (its hash n-gram embeddings are computed from them): pass `input_ids`."
+            )
+        if input_ids is None:
+            raise ValueError("`input_ids` is required.")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
+        past_key_values = past_key_values if past_key_values is not None else kwargs.pop("cache", None)
+        cache_is_empty = past_key_values is None or int(past_key_values.byte_ends.max()) == 0
+        self.validate_inputs(input_ids, attention_mask, allow_right_padding=past_key_values is None and not use_cache)
+        if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
+            raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
+        if past_key_values is None and use_cache:
+            past_key_values = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
+        hidden_states = self.model(input_ids, cache=past_key_values, attention_mask=attention_mask)
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=past_key_values)
+
+
+__all__ = ["BltDiffusionCache", "BltDiffusionForCausalLM", "BltDiffusionModel", "BltDiffusionPreTrainedModel"]
