@@ -732,6 +732,16 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.local_encoder.embed_tokens = value
 
+    def patcher_entropies(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-byte entropies of whole sequences (batch, seq) -> (batch, seq), without a cache."""
+        if self.patcher is None:
+            raise ValueError("This model has no entropy patcher (`patch_in_forward=False`).")
+        no_padding = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        context = build_attention_context(
+            no_padding, no_padding, input_ids.shape[1], self.config.patcher_config.sliding_window, None
+        )
+        return self.patcher(input_ids, context)
+
     def embed_bytes(self, token_ids: torch.Tensor, num_new: int) -> torch.Tensor:
         """Byte plus hash n-gram embeddings of the last `num_new` bytes of `token_ids` (batch, context + num_new),
         whose first bytes are left context for the n-grams. Returns (batch, num_new, encoder_hidden)."""

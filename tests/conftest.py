@@ -1,0 +1,78 @@
+"""Shared builders: random BLT models that patch like trained ones, in stock and in our implementation."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import textwrap  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BltForCausalLM  # noqa: E402
+
+from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM  # noqa: E402
+from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config  # noqa: E402
+
+BOS, EOS, PAD = 1, 2, 3
+
+
+def text_ids(text: str, bos: bool = True) -> torch.Tensor:
+    """Byte ids (1, len) of `text`, BOS first by default."""
+    ids = [byte + 4 for byte in text.encode("utf-8")]
+    return torch.tensor([[BOS] + ids if bos else ids])
+
+
+def source_text(length: int, offset: int = 0) -> str:
+    """Real text: a slice of the standard library's own source."""
+    with open(textwrap.__file__, encoding="utf-8") as handle:
+        return handle.read()[offset : offset + length]
+
+
+def build_pair(seed: int = 0, bytes_per_patch: float = 3.5, **config_overrides):
+    """A random stock `BltForCausalLM` calibrated to patch like a trained model, and ours with the same weights."""
+    torch.manual_seed(seed)
+    stock = BltForCausalLM(tiny_blt_config(**config_overrides)).eval()
+    calibrate_random_model(stock, text_ids(source_text(1500)), bytes_per_patch=bytes_per_patch)
+    ours = BltDiffusionForCausalLM(BltDiffusionConfig.from_blt_config(stock.config)).eval()
+    missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=True)
+    assert not missing and not unexpected
+    return stock, ours
+
+
+PARITY_CONFIGS = {
+    "default": dict(seed=0),
+    "max_patch_4_gqa_all_cross": dict(
+        seed=1,
+        max_patch_length=4,
+        encoder_hash_byte_group_nb_functions=2,
+        encoder_config=dict(cross_attn_all_layers=True, num_hidden_layers=2),
+        decoder_config=dict(num_key_value_heads=2),
+        global_config=dict(num_key_value_heads=2),
+    ),
+    "max_patch_6_projection_small_windows": dict(
+        seed=2,
+        max_patch_length=6,
+        local_attention_window_len=16,
+        patcher_config=dict(sliding_window=12),
+        encoder_config=dict(hidden_size=48, num_attention_heads=4, intermediate_size=96),
+        decoder_config=dict(hidden_size=48, intermediate_size=96, cross_attn_all_layers=False, num_hidden_layers=3),
+    ),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(PARITY_CONFIGS))
+def model_pair(request):
+    return build_pair(**PARITY_CONFIGS[request.param])
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Our model alone, default tiny config, calibrated."""
+    return build_pair(seed=0)[1]
+
+
+@pytest.fixture(scope="session")
+def max_patch_model():
+    """Our model with `max_patch_length`, where the newest byte's latent is provisional."""
+    return build_pair(**PARITY_CONFIGS["max_patch_6_projection_small_windows"])[1]
