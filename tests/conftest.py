@@ -14,6 +14,9 @@ from transformers import BltForCausalLM  # noqa: E402
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM  # noqa: E402
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config  # noqa: E402
 
+# Tiny models gain nothing from threads, and oversubscribed threads are very slow on a busy 2-core machine.
+torch.set_num_threads(1)
+
 BOS, EOS, PAD = 1, 2, 3
 
 
