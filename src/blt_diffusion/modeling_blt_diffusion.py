@@ -161,13 +161,6 @@ class KeyValueBuffer:
         """Forget every slot at or after `new_ends` (batch,), e.g. a rejected draft."""
         self.ends = torch.minimum(self.ends, new_ends.to(self.ends))
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the rows `rows` (for example the unfinished rows of a batch)."""
-        self.keys = [tensor[rows] for tensor in self.keys]
-        self.values = [tensor[rows] for tensor in self.values]
-        self.starts = self.starts[rows]
-        self.ends = self.ends[rows]
-
 
 @dataclass
 class AttentionContext:
@@ -658,15 +651,6 @@ class BltDiffusionCache:
         if self.newest_byte_is_provisional:
             newest_ends_patch = self.ends_patch.gather(1, (new_ends - 1).clamp(min=0)[:, None])[:, 0]
             self.decoder.ends = torch.minimum(self.decoder.ends, new_ends - newest_ends_patch.long())
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows `rows` (batch',)."""
-        for buffer in self._byte_level_buffers() + [self.global_transformer]:
-            buffer.select_rows(rows)
-        self.token_ids = self.token_ids[rows]
-        self.encoder_states = self.encoder_states[rows]
-        self.ends_patch = self.ends_patch[rows]
-        self.latent_keys_values = [(keys[rows], values[rows]) for keys, values in self.latent_keys_values]
 
 
 @dataclass
