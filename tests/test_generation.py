@@ -8,7 +8,7 @@ from conftest import BOS, EOS, PAD, source_text, text_ids
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionTokenizer
-from blt_diffusion.generation_blt_diffusion import ParameterCounts
+from blt_diffusion.generation_blt_diffusion import GenerationState, ParameterCounts
 
 
 class ForceBytes(LogitsProcessor):
@@ -226,3 +226,60 @@ def test_forward_rejects_embeddings_and_missing_ids(tiny_model):
         tiny_model(inputs_embeds=torch.zeros(1, 2, 32))
     with pytest.raises(ValueError, match="input_ids"):
         tiny_model()
+
+
+class RecordingStreamer:
+    def __init__(self):
+        self.puts = []
+
+    def put(self, value):
+        self.puts.append(value.tolist())
+
+    def end(self):
+        self.puts.append("end")
+
+
+def block_state(tiny_model, prompt, max_new_tokens, streamer=None, stop_strings=None):
+    """A `GenerationState` as `generate` builds it, for committing blocks of bytes by hand."""
+    config, _ = tiny_model._resolve_generation_config(
+        None, dict(max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+    )
+    tiny_model._prepare_special_tokens(config, True, device=prompt.device)
+    criteria = tiny_model._per_row_stopping_criteria(config, None, BltDiffusionTokenizer())
+    return GenerationState(prompt, max_new_tokens, config, criteria, streamer)
+
+
+def ids_of(text: str) -> list[int]:
+    return [byte + 4 for byte in text.encode("utf-8")]
+
+
+def test_block_commit_takes_per_row_counts_and_stops_at_eos_inside_a_block(tiny_model):
+    prompt = torch.tensor([[BOS, 70], [BOS, 71]])
+    state = block_state(tiny_model, prompt, max_new_tokens=10)
+    block = torch.tensor([ids_of("abcd"), ids_of("ab") + [EOS] + ids_of("z")])
+    taken = state.commit(block, counts=torch.tensor([2, 4]))
+    assert taken.tolist() == [2, 3]
+    assert state.unfinished.tolist() == [True, False]
+    taken = state.commit(torch.tensor([ids_of("efgh"), ids_of("wxyz")]))
+    assert taken.tolist() == [4, 0]
+    assert state.output_sequences().tolist() == [
+        [BOS, 70] + ids_of("abefgh"),
+        [BOS, 71] + ids_of("ab") + [EOS, PAD, PAD, PAD],
+    ]
+
+
+def test_block_commit_respects_the_budget_and_streams_blocks(tiny_model):
+    streamer = RecordingStreamer()
+    state = block_state(tiny_model, torch.tensor([[BOS]]), max_new_tokens=5, streamer=streamer)
+    assert state.commit(torch.tensor([ids_of("abc")])).tolist() == [3]
+    assert state.commit(torch.tensor([ids_of("defg")])).tolist() == [2]
+    assert state.done
+    assert streamer.puts == [ids_of("abc"), ids_of("de")]
+
+
+def test_block_commit_stops_right_after_a_stop_string_inside_a_block(tiny_model):
+    state = block_state(tiny_model, torch.tensor([[BOS]]), max_new_tokens=20, stop_strings=["END"])
+    assert state.commit(torch.tensor([ids_of("xEN")])).tolist() == [3]
+    assert state.commit(torch.tensor([ids_of("Dyyyy")])).tolist() == [1]
+    assert state.done
+    assert state.output_sequences()[0, 1:].tolist() == ids_of("xEND")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.logits_process import LogitsProcessorList
-from transformers.generation.stopping_criteria import StoppingCriteriaList
+from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -190,20 +190,44 @@ class GenerationState:
         self.global_nfe += running * global_
         self.patcher_nfe += running * patcher
 
-    def commit(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one byte per running row, `tokens` (batch,); finished rows get padding. Returns what was
-        appended."""
-        tokens = torch.where(self.unfinished, tokens, self.pad_token_id)
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        self.sequences[rows, self.prompt_length + self.num_generated] = tokens
-        self.num_generated += self.unfinished.long()
-        if self.streamer is not None:
-            self.streamer.put(tokens.cpu())
-        current = self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
-        stopped = self.stopping_criteria(current, self.last_scores)
-        stopped |= self.num_generated >= self.max_new_tokens
-        self.unfinished &= ~stopped
-        return tokens
+    def commit(self, tokens: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Append up to `counts[r]` bytes of `tokens[r]` (batch, n) to each running row, in order.
+
+        A row takes bytes until its count, its `max_new_tokens` budget, EOS or a stopping criterion says stop (the
+        byte that triggers EOS or a criterion is kept); the streamer then receives the committed bytes as one block.
+
+        Returns:
+            `torch.Tensor` of shape `(batch,)`: how many bytes each row took.
+        """
+        batch_size, num_offered = tokens.shape
+        offered = torch.full_like(self.num_generated, num_offered) if counts is None else counts.clone()
+        offered = torch.minimum(offered, self.max_new_tokens - self.num_generated)
+        offered = torch.where(self.unfinished, offered, 0)
+        rows = torch.arange(batch_size, device=tokens.device)
+        taken = torch.zeros_like(offered)
+        for index in range(num_offered):
+            takes = self.unfinished & (index < offered)
+            if not bool(takes.any()):
+                break
+            slots = self.prompt_length + self.num_generated
+            self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
+            self.num_generated += takes.long()
+            taken += takes.long()
+            stopped = self.stopping_criteria(self._right_aligned(), self.last_scores)
+            self.unfinished &= ~(takes & stopped)
+        self.unfinished &= self.num_generated < self.max_new_tokens
+        if self.streamer is not None and int(taken[0]) > 0:
+            end = self.prompt_length + int(self.num_generated[0])
+            self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
+        return taken
+
+    def _right_aligned(self) -> torch.Tensor:
+        """Sequences (batch, longest) with each row's last byte in the last column, as stopping criteria expect."""
+        lengths = self.prompt_length + self.num_generated
+        width = int(lengths.max())
+        columns = lengths[:, None] - width + torch.arange(width, device=lengths.device)
+        aligned = self.sequences.gather(1, columns.clamp(min=0))
+        return aligned.masked_fill(columns < 0, self.pad_token_id)
 
     def output_sequences(self) -> torch.Tensor:
         return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
@@ -226,10 +250,12 @@ class DecodingStrategy:
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def next_tokens(self, state: GenerationState) -> torch.Tensor:
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bytes offered to each row, (batch, n), and how many of them count per row, (batch,) or None for all."""
         raise NotImplementedError
 
-    def feed(self, state: GenerationState, tokens: torch.Tensor) -> None:
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        """The rows took `taken` (batch,) of the offered `tokens` (batch, n); bring the model up to date."""
         raise NotImplementedError
 
     def choose(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
@@ -260,11 +286,12 @@ class AutoregressiveDecoding(DecodingStrategy):
         self.next_logits = outputs.logits[:, -1]
         state.count_calls(decoder=1, global_=1, patcher=1)
 
-    def next_tokens(self, state: GenerationState) -> torch.Tensor:
-        return self.choose(state, self.next_logits)
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+        return self.choose(state, self.next_logits)[:, None], None
 
-    def feed(self, state: GenerationState, tokens: torch.Tensor) -> None:
-        outputs = self.model(tokens[:, None], past_key_values=self.cache, logits_to_keep=1)
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        # Finished rows keep decoding padding in lockstep; their results are never read.
+        outputs = self.model(tokens, past_key_values=self.cache, logits_to_keep=1)
         self.next_logits = outputs.logits[:, -1]
         state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
 
@@ -344,11 +371,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             device=input_ids.device,
             model_kwargs=model_kwargs,
         )
-        criteria = self._get_stopping_criteria(
-            generation_config=generation_config,
-            stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
-            tokenizer=tokenizer,
-        )
+        criteria = self._per_row_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         if streamer is not None:
             if input_ids.shape[0] != 1:
                 raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
@@ -359,10 +382,11 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if not state.done:
             strategy.start(state, input_ids, attention_mask)
             while True:
-                committed = state.commit(strategy.next_tokens(state))
+                tokens, counts = strategy.next_tokens(state)
+                taken = state.commit(tokens, counts)
                 if state.done:
                     break
-                strategy.feed(state, committed)
+                strategy.feed(state, tokens, taken)
         if streamer is not None:
             streamer.end()
 
@@ -379,6 +403,23 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             scores=tuple(state.scores) if generation_config.output_scores else None,
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,
             cache=getattr(strategy, "cache", None),
+        )
+
+    def _per_row_stopping_criteria(
+        self,
+        generation_config: BltDiffusionGenerationConfig,
+        stopping_criteria: StoppingCriteriaList | None,
+        tokenizer,
+    ) -> StoppingCriteriaList:
+        """Transformers' criteria (EOS, stop strings, max time, the caller's) without the batch-wide length check:
+        `GenerationState` enforces `max_new_tokens` per row, and rows may grow at different speeds."""
+        criteria = self._get_stopping_criteria(
+            generation_config=generation_config,
+            stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
+            tokenizer=tokenizer,
+        )
+        return StoppingCriteriaList(
+            criterion for criterion in criteria if not isinstance(criterion, MaxLengthCriteria)
         )
 
     def _resolve_generation_config(
