@@ -26,6 +26,17 @@ def text_ids(text: str, bos: bool = True) -> torch.Tensor:
     return torch.tensor([[BOS] + ids if bos else ids])
 
 
+def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (1, len) id rows into a left-padded batch and its attention mask."""
+    width = max(row.shape[1] for row in rows)
+    batch = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(batch)
+    for index, row in enumerate(rows):
+        batch[index, width - row.shape[1] :] = row[0]
+        mask[index, width - row.shape[1] :] = 1
+    return batch, mask
+
+
 def source_text(length: int, offset: int = 0) -> str:
     """Real text: a slice of the standard library's own source."""
     with open(textwrap.__file__, encoding="utf-8") as handle:

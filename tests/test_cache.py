@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import PAD, source_text, text_ids
+from conftest import left_pad, source_text, text_ids
 
 ATOL = 1e-4
 
@@ -57,13 +57,8 @@ def test_crop_then_refeed_equals_full_forward(model):
 @torch.no_grad()
 def test_left_padded_batch_equals_rows_alone(model):
     rows = [text_ids(source_text(length, offset)) for length, offset in ((50, 0), (17, 300), (1, 600), (33, 900))]
-    width = max(row.shape[1] for row in rows)
-    batch = torch.full((len(rows), width), PAD)
-    mask = torch.zeros_like(batch)
-    for index, row in enumerate(rows):
-        batch[index, width - row.shape[1] :] = row[0]
-        mask[index, width - row.shape[1] :] = 1
-    cache = model.new_cache(len(rows), width)
+    batch, mask = left_pad(rows)
+    cache = model.new_cache(len(rows), batch.shape[1])
     batch_logits = model(batch, attention_mask=mask, past_key_values=cache).logits[:, -1]
     continuation = text_ids(source_text(12, 2000), bos=False)
     for index, row in enumerate(rows):

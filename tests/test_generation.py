@@ -4,7 +4,7 @@ import threading
 
 import pytest
 import torch
-from conftest import BOS, EOS, PAD, source_text, text_ids
+from conftest import BOS, EOS, PAD, left_pad, source_text, text_ids
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionTokenizer
@@ -24,16 +24,6 @@ class ForceBytes(LogitsProcessor):
         forced = torch.full_like(scores, -float("inf"))
         forced[:, target] = 0.0
         return forced
-
-
-def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(row.shape[1] for row in rows)
-    batch = torch.full((len(rows), width), PAD)
-    mask = torch.zeros_like(batch)
-    for index, row in enumerate(rows):
-        batch[index, width - row.shape[1] :] = row[0]
-        mask[index, width - row.shape[1] :] = 1
-    return batch, mask
 
 
 def test_default_generate_works_with_no_arguments(tiny_model):
