@@ -306,13 +306,22 @@ class BltDiffusionGenerationMixin(GenerationMixin):
     """`generate()` for BLT models: every decoding strategy behind transformers' usual generation interface."""
 
     def adjust_generation_fn(self, *args, **kwargs):
-        """Keep `self.generation_config` a `BltDiffusionGenerationConfig` after `from_pretrained` (the stock
-        version reloads `generation_config.json` as the base class)."""
+        """Keep `self.generation_config` a `BltDiffusionGenerationConfig` after `from_pretrained`.
+
+        The stock version reloads `generation_config.json` as the base class. A file that a stock BLT derived from its
+        model config carries no generation choices, so it is replaced by this model's own defaults; in any file,
+        special ids left unset come from the model config.
+        """
         super().adjust_generation_fn(*args, **kwargs)
-        if self.generation_config is not None and not isinstance(self.generation_config, BltDiffusionGenerationConfig):
-            self.generation_config = BltDiffusionGenerationConfig.from_dict(self.generation_config.to_dict())
+        loaded = self.generation_config
+        if loaded is None or isinstance(loaded, BltDiffusionGenerationConfig):
+            return
+        if loaded._from_model_config:
+            self.generation_config = BltDiffusionGenerationConfig.from_model_config(self.config)
+        else:
+            self.generation_config = BltDiffusionGenerationConfig.from_dict(loaded.to_dict())
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(self.generation_config, name, None) is None:
+            if getattr(self.generation_config, name) is None:
                 setattr(self.generation_config, name, getattr(self.config, name))
 
     @torch.no_grad()
