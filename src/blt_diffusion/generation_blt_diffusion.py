@@ -213,7 +213,7 @@ class GenerationState:
             self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
             self.num_generated += takes.long()
             taken += takes.long()
-            stopped = self.stopping_criteria(self._right_aligned(), self.last_scores)
+            stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
             self.unfinished &= ~(takes & stopped)
         self.unfinished &= self.num_generated < self.max_new_tokens
         if self.streamer is not None and int(taken[0]) > 0:
@@ -221,7 +221,7 @@ class GenerationState:
             self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
         return taken
 
-    def _right_aligned(self) -> torch.Tensor:
+    def right_aligned(self) -> torch.Tensor:
         """Sequences (batch, longest) with each row's last byte in the last column, as stopping criteria expect."""
         lengths = self.prompt_length + self.num_generated
         width = int(lengths.max())
@@ -260,8 +260,7 @@ class DecodingStrategy:
 
     def choose(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
         """Pick the next byte from raw logits (batch, vocab): processors, then greedy or sampling."""
-        current = state.sequences[:, : state.prompt_length + int(state.num_generated.max())]
-        scores = self.logits_processor(current, logits)
+        scores = self.logits_processor(state.right_aligned(), logits)
         state.last_scores = scores
         if self.generation_config.output_scores:
             state.scores.append(scores)
@@ -290,7 +289,7 @@ class AutoregressiveDecoding(DecodingStrategy):
         return self.choose(state, self.next_logits)[:, None], None
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
-        # Finished rows keep decoding padding in lockstep; their results are never read.
+        # Finished rows keep decoding in lockstep with the others; their results are never read.
         outputs = self.model(tokens, past_key_values=self.cache, logits_to_keep=1)
         self.next_logits = outputs.logits[:, -1]
         state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
