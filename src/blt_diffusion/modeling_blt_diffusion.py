@@ -166,15 +166,17 @@ class KeyValueBuffer:
 class AttentionContext:
     """What every layer of one stack needs to attend for one call: positions, mask and where its keys live.
 
-    `position_ids` (batch, new), `mask` (batch, 1, new, keys) boolean, True where a query may attend. When `buffer`
-    is set, new keys are written at `write_slots` (batch, new) and attention reads slots `[key_start, key_end)`;
-    otherwise the new keys are all there is (full-sequence forward without a cache).
+    `position_ids` (batch, new), `mask` (batch, 1, new, keys) boolean, True where a query may attend, or None when
+    every query may attend every key. When `buffer` is set, new keys are written at `write_slots` (batch, new), or
+    at `[shared_write_start, shared_write_start + new)` when all rows write there, and attention reads slots
+    `[key_start, key_end)`; otherwise the new keys are all there is (full-sequence forward without a cache).
     """
 
     position_ids: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     buffer: KeyValueBuffer | None = None
     write_slots: torch.Tensor | None = None
+    shared_write_start: int | None = None
     key_start: int = 0
     key_end: int = 0
 
@@ -184,11 +186,16 @@ class AttentionContext:
         """Store this layer's new keys/values (batch, kv_heads, new, head_dim) and return those to attend."""
         if self.buffer is None:
             return keys, values
-        rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
         key_buffer = self.buffer.keys[layer_idx]
         value_buffer = self.buffer.values[layer_idx]
-        key_buffer[rows, :, self.write_slots] = keys.transpose(1, 2).to(key_buffer.dtype)
-        value_buffer[rows, :, self.write_slots] = values.transpose(1, 2).to(value_buffer.dtype)
+        if self.shared_write_start is not None:
+            write = slice(self.shared_write_start, self.shared_write_start + keys.shape[2])
+            key_buffer[:, :, write] = keys
+            value_buffer[:, :, write] = values
+        else:
+            rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+            key_buffer[rows, :, self.write_slots] = keys.transpose(1, 2).to(key_buffer.dtype)
+            value_buffer[rows, :, self.write_slots] = values.transpose(1, 2).to(value_buffer.dtype)
         return (
             key_buffer[:, :, self.key_start : self.key_end],
             value_buffer[:, :, self.key_start : self.key_end],
@@ -210,12 +217,14 @@ def build_attention_context(
     device = ends.device
     new_offsets = torch.arange(num_new, device=device)
     query_slots = ends[:, None] + new_offsets
+    shared_write_start = None
     if buffer is None:
         key_start, key_end = 0, num_new
     else:
-        key_end = int(ends.max()) + num_new
-        earliest = int(ends.min())
+        earliest, latest = int(ends.min()), int(ends.max())
+        key_end = latest + num_new
         key_start = 0 if sliding_window is None else max(0, earliest - sliding_window + 1)
+        shared_write_start = earliest if earliest == latest else None
         buffer.reserve(key_end)
     key_slots = torch.arange(key_start, key_end, device=device)
     allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
@@ -224,9 +233,11 @@ def build_attention_context(
     allowed |= key_slots == query_slots[..., None]
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
-        mask=allowed[:, None],
+        # SDPA's unmasked path is faster, and one query reading its whole window (a decoding step) needs no mask.
+        mask=None if bool(allowed.all()) else allowed[:, None],
         buffer=buffer,
         write_slots=query_slots if buffer is not None else None,
+        shared_write_start=shared_write_start,
         key_start=key_start,
         key_end=key_end,
     )
@@ -363,6 +374,17 @@ def run_layers(
     return hidden_states
 
 
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last dimension.
+
+    The same operations as `torch.distributions.Categorical(logits=...).entropy()`, so patch boundaries match stock
+    BLT to the last bit, without the distribution object's argument validation on every decoding step.
+    """
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probabilities = normalized.softmax(dim=-1)
+    return -(normalized.clamp(min=torch.finfo(logits.dtype).min) * probabilities).sum(dim=-1)
+
+
 class BltDiffusionPatcher(nn.Module):
     """The entropy model: a small causal byte LM whose next-byte entropy decides where patches end. Frozen."""
 
@@ -380,8 +402,7 @@ class BltDiffusionPatcher(nn.Module):
     def forward(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         """`input_ids` (batch, new) -> entropy in nats of the byte following each position (batch, new)."""
         hidden_states = run_layers(self.layers, self.rotary_emb, self.embed_tokens(input_ids), context)
-        logits = self.lm_head(self.norm(hidden_states))
-        return torch.distributions.Categorical(logits=logits).entropy()
+        return categorical_entropy(self.lm_head(self.norm(hidden_states)))
 
 
 class BltDiffusionLocalEncoder(nn.Module):
