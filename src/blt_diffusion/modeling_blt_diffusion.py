@@ -53,9 +53,10 @@ class BltDiffusionRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(
+            hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon
+        )
         return self.weight * hidden_states.to(input_dtype)
 
 
@@ -98,20 +99,21 @@ class BltDiffusionRotaryEmbedding(nn.Module):
         return cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
 
 
-def rotate_pairs(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Rotate each (even, odd) pair of channels by 90 degrees, matching the interleaved RoPE layout."""
-    even = hidden_states[..., ::2]
-    odd = hidden_states[..., 1::2]
-    return torch.stack([-odd, even], dim=-1).flatten(-2)
-
-
 def apply_rotary_pos_emb(
     query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`query`, `key` (batch, heads, seq, head_dim); `cos`, `sin` (batch, seq, head_dim)."""
-    cos = cos.unsqueeze(1)
-    sin = sin.unsqueeze(1)
-    return query * cos + rotate_pairs(query) * sin, key * cos + rotate_pairs(key) * sin
+    """Rotate each (even, odd) channel pair of `query` and `key` (batch, heads, seq, head_dim) by its angle.
+
+    `cos`, `sin` (batch, seq, head_dim) repeat each angle pairwise (BLT's interleaved layout). The pair rotation is a
+    complex multiplication, which takes a few operations instead of the slice-negate-stack of `rotate_half`.
+    """
+    angles = torch.complex(cos[..., ::2], sin[..., ::2]).unsqueeze(1)
+
+    def rotate(states: torch.Tensor) -> torch.Tensor:
+        pairs = torch.view_as_complex(states.float().unflatten(-1, (-1, 2)).contiguous())
+        return torch.view_as_real(pairs * angles).flatten(-2).to(states.dtype)
+
+    return rotate(query), rotate(key)
 
 
 class KeyValueBuffer:
@@ -271,8 +273,8 @@ class BltDiffusionSelfAttention(nn.Module):
         key, value = context.keys_values(self.layer_idx, key, value)
         attn_output = F.scaled_dot_product_attention(
             query,
-            key.to(query.dtype),
-            value.to(query.dtype),
+            key,
+            value,
             attn_mask=context.mask,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_key_value_heads != self.num_heads,
@@ -334,11 +336,13 @@ class BltDiffusionCrossAttention(nn.Module):
         `values` (batch, queries, splits, kv_heads, head_dim), already projected once per patch."""
         query = self.project_queries(hidden_states)
         group = self.num_heads // self.num_key_value_heads
-        keys = keys.repeat_interleave(group, dim=3).to(query.dtype)
-        values = values.repeat_interleave(group, dim=3).to(query.dtype)
-        scores = torch.einsum("bhqd,bqshd->bhqs", query, keys) * self.head_dim**-0.5
+        # (batch, queries, splits, kv_heads, head_dim) -> (batch, heads, queries, splits, head_dim)
+        keys = keys.repeat_interleave(group, dim=3).permute(0, 3, 1, 2, 4)
+        values = values.repeat_interleave(group, dim=3).permute(0, 3, 1, 2, 4)
+        # Each query reads only `splits` keys, so broadcasting beats a batched matmul here.
+        scores = (query.unsqueeze(3) * keys).sum(dim=-1) * self.head_dim**-0.5
         weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), self.dropout, self.training)
-        attn_output = torch.einsum("bhqs,bqshd->bhqd", weights, values)
+        attn_output = (weights.unsqueeze(-1) * values).sum(dim=3)
         return self.finish(hidden_states, attn_output)
 
 
