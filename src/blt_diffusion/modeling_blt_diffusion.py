@@ -986,19 +986,15 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         """Run the local decoder on the new bytes, re-decoding the previous newest byte when its latent changed."""
         decoder_targets = segmentation.decoder_target
         decoder_start = byte_ends
-        if cache is not None and int((cache.decoder.ends < byte_ends).sum()) > 0:
-            # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`).
-            decoder_start = cache.decoder.ends
+        if cache is not None and bool((cache.decoder.ends < byte_ends).any()):
+            # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
+            # again with its final one, in every row to keep one shape (identically where it was final already).
+            decoder_start = byte_ends - 1
             rows = torch.arange(byte_states.shape[0], device=byte_states.device)
-            lagging = decoder_start < byte_ends
-            previous_slot = (byte_ends - 1).clamp(min=0)
-            previous_state = cache.encoder_states[rows, previous_slot].to(byte_states.dtype)
-            previous_target = cache.num_patches - segmentation.new_patches - 1
+            previous_state = cache.encoder_states[rows, decoder_start].to(byte_states.dtype)
+            previous_target = (cache.num_patches - segmentation.new_patches - 1).clamp(min=0)
             byte_states = torch.cat([previous_state[:, None], byte_states], dim=1)
-            decoder_targets = torch.cat([previous_target.clamp(min=0)[:, None], decoder_targets], dim=1)
-            # Rows that do not lag re-decode their newest byte too, identically, to keep one shape for the batch.
-            decoder_start = torch.where(lagging, decoder_start, byte_ends - 1)
-            cache.decoder.ends = decoder_start
+            decoder_targets = torch.cat([previous_target[:, None], decoder_targets], dim=1)
         gathered = [
             (self._gather_patches(keys, decoder_targets), self._gather_patches(values, decoder_targets))
             for keys, values in latent_keys_values
