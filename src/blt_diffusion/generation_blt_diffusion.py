@@ -5,7 +5,6 @@ processors and stopping criteria, streaming, batching with left padding, per-row
 A strategy only decides which bytes come next (`DecodingStrategy`).
 """
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -246,6 +245,7 @@ class DecodingStrategy:
         self.model = model
         self.generation_config = generation_config
         self.logits_processor = logits_processor
+        self.cache = None
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         raise NotImplementedError
@@ -367,7 +367,6 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         max_new_tokens = self._resolve_max_new_tokens(generation_config, input_ids.shape[1], user_set_max_length)
         self._check_position_limit(input_ids.shape[1], max_new_tokens)
 
-        generation_config = copy.copy(generation_config)
         generation_config.max_length = input_ids.shape[1] + max_new_tokens
         generation_config.max_new_tokens = max_new_tokens
         self._prepare_special_tokens(generation_config, True, device=input_ids.device)
@@ -410,7 +409,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             memory_bandwidth_gb=counts.bandwidth_gb(state.decoder_nfe, state.global_nfe),
             scores=tuple(state.scores) if generation_config.output_scores else None,
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,
-            cache=getattr(strategy, "cache", None),
+            cache=strategy.cache,
         )
 
     def _per_row_stopping_criteria(

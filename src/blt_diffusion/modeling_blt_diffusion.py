@@ -227,7 +227,6 @@ def build_attention_context(
         key_end = latest + num_new
         key_start = 0 if sliding_window is None else max(0, earliest - sliding_window + 1)
         shared_write_start = earliest if earliest == latest else None
-        buffer.reserve(key_end)
     key_slots = torch.arange(key_start, key_end, device=device)
     allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
     if sliding_window is not None:
@@ -366,6 +365,19 @@ class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
+def transformer_layers(config) -> nn.ModuleList:
+    return nn.ModuleList(BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers))
+
+
+def num_cross_attention_layers(config) -> int:
+    """One cross-attention before every layer with `cross_attn_all_layers`, else one before the first."""
+    return config.num_hidden_layers if config.cross_attn_all_layers else 1
+
+
+def cross_attention_layers(config) -> nn.ModuleList:
+    return nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_attention_layers(config)))
+
+
 def run_layers(
     layers: nn.ModuleList,
     rotary_emb: BltDiffusionRotaryEmbedding,
@@ -396,9 +408,7 @@ class BltDiffusionPatcher(nn.Module):
         super().__init__()
         self.config = config
         self.rotary_emb = BltDiffusionRotaryEmbedding(config)
-        self.layers = nn.ModuleList(
-            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_layers(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -413,16 +423,13 @@ class BltDiffusionLocalEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(
-            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_layers(config)
         self.rotary_emb = BltDiffusionRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(
             config.hidden_size, config.hidden_size * config.cross_attn_k, bias=False
         )
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        num_cross_layers = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_layers))
+        self.cross_attn_layers = cross_attention_layers(config)
 
     def forward(self, embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         """Byte embeddings (batch, new, hidden) -> byte hidden states (batch, new, hidden)."""
@@ -463,9 +470,7 @@ class BltDiffusionGlobalTransformer(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(
-            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_layers(config)
         self.rotary_emb = BltDiffusionRotaryEmbedding(config)
         if getattr(config, "encoder_cross_output_size", None) is not None:
             self.token_embedding_projection = nn.Linear(
@@ -485,16 +490,13 @@ class BltDiffusionLocalDecoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(
-            BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_layers(config)
         self.rotary_emb = BltDiffusionRotaryEmbedding(config)
         self.patch_embedding_projection = nn.Linear(
             config.hidden_size_global, config.hidden_size * config.cross_attn_k, bias=False
         )
         self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        num_cross_layers = config.num_hidden_layers if config.cross_attn_all_layers else 1
-        self.cross_attn_layers = nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_layers))
+        self.cross_attn_layers = cross_attention_layers(config)
 
     def latent_keys_values(self, global_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Project patch states once per patch for every cross-attention layer.
@@ -590,7 +592,6 @@ class BltDiffusionCache:
         self.decoder = stack_buffer(config.decoder_config, capacity)
         self.global_transformer = stack_buffer(config.global_config, capacity)
         decoder_config = config.decoder_config
-        num_cross_layers = decoder_config.num_hidden_layers if decoder_config.cross_attn_all_layers else 1
         latent_shape = (
             batch_size,
             capacity,
@@ -603,7 +604,7 @@ class BltDiffusionCache:
                 torch.zeros(latent_shape, dtype=dtype, device=device),
                 torch.zeros(latent_shape, dtype=dtype, device=device),
             )
-            for _ in range(num_cross_layers)
+            for _ in range(num_cross_attention_layers(decoder_config))
         ]
         self.token_ids = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
         self.encoder_states = torch.zeros(

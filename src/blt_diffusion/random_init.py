@@ -9,16 +9,14 @@ patching threshold from the patcher's own entropies so that patches have a chose
 import torch
 from transformers import BltConfig, BltForCausalLM
 
+SUB_CONFIGS = ("patcher_config", "encoder_config", "decoder_config", "global_config")
+
 
 def tiny_blt_config(**overrides) -> BltConfig:
     """A BLT small enough for unit tests (about 0.2M parameters), with every module of the real architecture."""
-    config = dict(
-        vocab_size=260,
+    sizes = dict(
         max_position_embeddings=2048,
-        patch_in_forward=True,
-        patching_threshold=1.0,
         local_attention_window_len=48,
-        cross_attn_k=2,
         encoder_hash_byte_group_size=[3, 4, 5],
         encoder_hash_byte_group_vocab=101,
         patcher_config=dict(
@@ -32,44 +30,43 @@ def tiny_blt_config(**overrides) -> BltConfig:
         encoder_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64),
         decoder_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
         global_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
     )
-    for key in ("patcher_config", "encoder_config", "decoder_config", "global_config"):
-        config[key].update(overrides.pop(key, {}))
-    config.update(overrides)
-    return _with_consistent_widths(config)
+    return _build_config(sizes, overrides)
 
 
 def benchmark_blt_config(**overrides) -> BltConfig:
     """The ~40M-parameter benchmark configuration: patcher 256x2, encoder 256x1, decoder 256x4, global 512x6,
     hash vocabulary 10k."""
-    config = dict(
-        vocab_size=260,
+    sizes = dict(
         max_position_embeddings=4096,
-        patch_in_forward=True,
-        patching_threshold=1.0,
         local_attention_window_len=512,
-        cross_attn_k=2,
         encoder_hash_byte_group_vocab=10000,
         patcher_config=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=683),
         encoder_config=dict(hidden_size=256, num_hidden_layers=1, num_attention_heads=4, intermediate_size=683),
         decoder_config=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=683),
         global_config=dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1366),
+    )
+    return _build_config(sizes, overrides)
+
+
+def _build_config(sizes: dict, overrides: dict) -> BltConfig:
+    """Entropy patching, the byte special ids and `sizes`, then `overrides` (sub-config overrides are merged field by
+    field). The local modules must know the global width, which stock BLT does not derive, so it is set here."""
+    config = dict(
+        vocab_size=260,
+        patch_in_forward=True,
+        patching_threshold=1.0,
+        cross_attn_k=2,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,
+        **sizes,
     )
+    for key in SUB_CONFIGS:
+        config[key] = {**config[key], **overrides.pop(key, {})}
     config.update(overrides)
-    return _with_consistent_widths(config)
-
-
-def _with_consistent_widths(config: dict) -> BltConfig:
-    """The local modules must know the global width; stock BLT does not derive it, so set it here."""
-    global_width = config["global_config"]["hidden_size"]
     for key in ("encoder_config", "decoder_config"):
-        config[key].setdefault("hidden_size_global", global_width)
+        config[key].setdefault("hidden_size_global", config["global_config"]["hidden_size"])
         config[key].setdefault("cross_attn_k", config["cross_attn_k"])
     return BltConfig(**config)
 
