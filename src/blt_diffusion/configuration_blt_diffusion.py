@@ -28,6 +28,12 @@ class BltDiffusionConfig(BltConfig):
     diffusion_block_size (`int`, *optional*, defaults to 0):
         Block size B of the block-diffusion objective (BLT-D). 0 means a plain BLT model: no diffusion loss and no
         diffusion parameters.
+    diffusion_loss_reduction (`str`, *optional*, defaults to `"mean"`):
+        How the two BLT-D loss terms are normalised: `"mean"` (each per byte, weighted 1:1) or `"sum"` (the paper's
+        sums, sharing one normaliser). See `BltDiffusionForCausalLM.diffusion_losses`.
+    diffusion_min_mask_ratio (`float`, *optional*, defaults to 0.001):
+        Lower end of the per-example masking probability t, drawn uniformly from [this, 1] so that the 1/t loss
+        weight stays bounded.
     diffusion_mask_id (`int`, *optional*, defaults to 260):
         Id of the `<mask>` input used by diffusion decoding. It lies outside the 260 byte ids of the model's
         vocabulary on purpose: the clean byte embeddings of a stock checkpoint stay untouched.
@@ -59,6 +65,8 @@ class BltDiffusionConfig(BltConfig):
 
     diffusion_block_size: int = 0
     diffusion_mask_id: int = DIFFUSION_MASK_ID
+    diffusion_loss_reduction: str = "mean"
+    diffusion_min_mask_ratio: float = 1e-3
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -84,6 +92,12 @@ class BltDiffusionConfig(BltConfig):
             raise ValueError(
                 f"`diffusion_block_size` must be >= 0 (0 disables diffusion), got {self.diffusion_block_size}."
             )
+        if self.diffusion_loss_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"`diffusion_loss_reduction` must be 'mean' or 'sum', got {self.diffusion_loss_reduction!r}."
+            )
+        if not 0 < self.diffusion_min_mask_ratio <= 1:
+            raise ValueError(f"`diffusion_min_mask_ratio` must lie in (0, 1], got {self.diffusion_min_mask_ratio}.")
         if self.diffusion_mask_id < self.vocab_size:
             raise ValueError(
                 f"`diffusion_mask_id` ({self.diffusion_mask_id}) must lie outside the byte vocabulary (>= vocab_size "

@@ -694,6 +694,115 @@ class PatchSegmentation:
     new_patches: torch.Tensor
 
 
+@dataclass
+class EncodedBytes:
+    """What `BltDiffusionModel.encode` hands to the local decoder for the bytes of one call.
+
+    `byte_states` (batch, new, encoder_hidden): encoder outputs. `segmentation`: patch ends and latent targets.
+    `latent_keys_values`: per decoder cross-attention layer, keys and values (batch, patches, k, kv_heads, head_dim)
+    of every patch the decoder may read. `starts` (batch,): first real slot of each row. `byte_ends` (batch,): bytes
+    held before this call. `real` (batch, new): False for left padding.
+    """
+
+    byte_states: torch.Tensor
+    segmentation: PatchSegmentation
+    latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    starts: torch.Tensor
+    byte_ends: torch.Tensor
+    real: torch.Tensor
+
+
+def gather_latents(
+    latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]], patch_ids: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, pick each query's patch: (batch, patches, ...) indexed by `patch_ids` (batch, queries) ->
+    (batch, queries, ...)."""
+    rows = torch.arange(patch_ids.shape[0], device=patch_ids.device)[:, None]
+    return [(keys[rows, patch_ids], values[rows, patch_ids]) for keys, values in latent_keys_values]
+
+
+@dataclass
+class DiffusionBlocks:
+    """Corrupted blocks of the block-diffusion objective (BLT-D): B cells each, anchored at patch starts.
+
+    A block anchored at slot s covers the bytes at slots s .. s + B - 1, keeps their positions for RoPE, reads the
+    latent of the patch that ends at s - 1 and sees only clean bytes before s. `starts` (batch, blocks): the anchor
+    slot, -1 where a row has fewer blocks. `input_ids` (batch, blocks, B): each cell's input, its byte or the mask
+    id. `masked` (batch, blocks, B): cells replaced by the mask. `targets` (batch, blocks, B): the byte at each
+    cell's own position, -100 past the end of the row or where the label is ignored. `valid` (batch, blocks, B):
+    cells inside their row (cells past the end are padding that no cell attends). `mask_ratio` (batch,): the
+    example's masking probability t; masked cells are weighted 1 / t in the loss.
+    """
+
+    starts: torch.Tensor
+    input_ids: torch.Tensor
+    masked: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    mask_ratio: torch.Tensor
+
+    @property
+    def block_size(self) -> int:
+        return self.input_ids.shape[-1]
+
+    def cell_slots(self) -> torch.Tensor:
+        """Slot of every cell, (batch, blocks * B); cells of absent blocks get slot -1."""
+        offsets = torch.arange(self.block_size, device=self.starts.device)
+        slots = (self.starts[..., None] + offsets).masked_fill(self.starts[..., None] < 0, -1)
+        return slots.flatten(1)
+
+
+def patch_start_slots(ends_patch: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Slots where a patch other than the first starts, (batch, seq) -> (batch, most_starts), -1 padded.
+
+    A slot starts a patch when the byte before it ends one. The first patch (BOS) anchors no block, as in the paper.
+    """
+    starts_patch = torch.zeros_like(ends_patch)
+    starts_patch[:, 1:] = ends_patch[:, :-1] & real[:, 1:]
+    counts = starts_patch.sum(dim=1)
+    slots = torch.arange(ends_patch.shape[1], device=ends_patch.device).expand_as(ends_patch)
+    # Sort the start slots first, in order; the rest become -1.
+    keyed = torch.where(starts_patch, slots, slots + ends_patch.shape[1])
+    ordered = keyed.sort(dim=1).values[:, : max(int(counts.max()), 1)]
+    return ordered.masked_fill(ordered >= ends_patch.shape[1], -1)
+
+
+def diffusion_attention_mask(
+    starts: torch.Tensor, num_clean: int, blocks: DiffusionBlocks, window: int | None
+) -> torch.Tensor:
+    """Decoder self-attention for training on [clean bytes ; block cells], (batch, 1, queries, keys) boolean.
+
+    Clean bytes attend clean bytes causally. A cell attends the cells of its own block (bidirectionally, those
+    inside the row) and the clean bytes strictly before its block's anchor, never its own clean twin or anything
+    after it. With a `window`, no query reads a key more than `window - 1` positions behind it, as in decoding.
+
+    Args:
+        starts (`torch.Tensor` of shape `(batch,)`): first real slot of each row.
+        num_clean (`int`): clean slots.
+        blocks (`DiffusionBlocks`): the blocks.
+        window (`int`, *optional*): the decoder's sliding window.
+    """
+    device = starts.device
+    clean_slots = torch.arange(num_clean, device=device).expand(starts.shape[0], -1)
+    cell_slots = blocks.cell_slots()
+    anchors = blocks.starts.repeat_interleave(blocks.block_size, dim=1)
+    block_ids = torch.arange(blocks.starts.shape[1], device=device).repeat_interleave(blocks.block_size)
+    block_ids = block_ids.expand_as(cell_slots)
+
+    query_slots = torch.cat([clean_slots, cell_slots], dim=1)
+    # A clean query reads clean keys up to itself; a cell reads clean keys before its anchor.
+    clean_limit = torch.cat([clean_slots, anchors - 1], dim=1)
+    clean_keys = (clean_slots[:, None, :] <= clean_limit[:, :, None]) & (clean_slots >= starts[:, None])[:, None, :]
+    if window is not None:
+        clean_keys &= clean_slots[:, None, :] > query_slots[:, :, None] - window
+    query_block = torch.cat([torch.full_like(clean_slots, -1), block_ids], dim=1)
+    cell_keys = (query_block[:, :, None] == block_ids[:, None, :]) & blocks.valid.flatten(1)[:, None, :]
+    allowed = torch.cat([clean_keys, cell_keys], dim=2)
+    # Queries that may read nothing (padding) read themselves, which keeps them finite and harmless.
+    allowed |= torch.eye(allowed.shape[1], dtype=torch.bool, device=device)
+    return allowed[:, None]
+
+
 class BltDiffusionPreTrainedModel(PreTrainedModel):
     config_class = BltDiffusionConfig
     config: BltDiffusionConfig
@@ -734,6 +843,13 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             self.patcher.requires_grad_(False)
         else:
             self.patcher = None
+        if config.diffusion_block_size > 0:
+            # Cells cannot take encoder states (the encoder reads only clean bytes, and a masked cell's neighbours
+            # must not leak through hash n-grams), so the decoder gets its own byte-and-mask embedding for them. It
+            # is the only parameter BLT-D adds: a stock checkpoint keeps every weight and its autoregressive path.
+            self.diffusion_embed_tokens = nn.Embedding(config.diffusion_mask_id + 1, config.decoder_config.hidden_size)
+        else:
+            self.diffusion_embed_tokens = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -844,6 +960,17 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         Returns:
             `torch.Tensor` of shape `(batch, new, decoder_hidden)`: decoder states, one per new byte.
         """
+        return self._decode(cache, self.encode(input_ids, cache, attention_mask))
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        cache: BltDiffusionCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> EncodedBytes:
+        """Everything but the local decoder: patcher, segmentation, encoder, and the global transformer on every
+        patch the new bytes close. Arguments as in `forward`; the cache's byte-level buffers (except the decoder's)
+        and patch buffers are updated in place."""
         batch_size, num_new = input_ids.shape
         device = input_ids.device
         if cache is None or int(cache.byte_ends.max()) == 0:
@@ -907,7 +1034,48 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             for buffer in [cache.patcher, cache.encoder]:
                 if buffer is not None:
                     buffer.ends = byte_ends + num_new
-        return self._decode(cache, byte_states, segmentation, latent_keys_values, starts, byte_ends, num_new)
+        return EncodedBytes(
+            byte_states=byte_states,
+            segmentation=segmentation,
+            latent_keys_values=latent_keys_values,
+            starts=starts,
+            byte_ends=byte_ends,
+            real=real,
+        )
+
+    def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
+
+        Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
+        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent of the patch ending just
+        before their block, and attend as `diffusion_attention_mask` allows.
+
+        Returns:
+            clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
+        """
+        if self.diffusion_embed_tokens is None:
+            raise ValueError("This model has no diffusion parameters: set `diffusion_block_size` > 0 in its config.")
+        byte_states = encoded.byte_states
+        batch_size, num_clean, _ = byte_states.shape
+        cell_slots = blocks.cell_slots()
+        # The latest patch closed before the anchor: at a patch start, the one the byte before the anchor ends.
+        segmentation = encoded.segmentation
+        closed_through = segmentation.patch_index + segmentation.ends_patch.long()
+        anchor_patch = closed_through.gather(1, (blocks.starts - 1).clamp(min=0)) - 1
+        cell_targets = anchor_patch.clamp(min=0).repeat_interleave(blocks.block_size, dim=1)
+        cell_embeddings = self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(byte_states.dtype)
+
+        decoder_inputs = torch.cat([byte_states, cell_embeddings], dim=1)
+        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
+        slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
+        context = AttentionContext(
+            position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
+            mask=diffusion_attention_mask(encoded.starts, num_clean, blocks, self.config.local_attention_window_len),
+        )
+        states = self.local_decoder(
+            decoder_inputs, gather_latents(encoded.latent_keys_values, latent_targets), context
+        )
+        return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
 
     @staticmethod
     def _open_patch_start(cache: BltDiffusionCache, starts: torch.Tensor) -> torch.Tensor:
@@ -974,34 +1142,24 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
         return cache.latent_keys_values
 
-    def _decode(
-        self,
-        cache: BltDiffusionCache | None,
-        byte_states: torch.Tensor,
-        segmentation: PatchSegmentation,
-        latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]],
-        starts: torch.Tensor,
-        byte_ends: torch.Tensor,
-        num_new: int,
-    ) -> torch.Tensor:
+    def _decode(self, cache: BltDiffusionCache | None, encoded: EncodedBytes) -> torch.Tensor:
         """Run the local decoder on the new bytes, re-decoding the previous newest byte when its latent changed."""
-        decoder_targets = segmentation.decoder_target
-        decoder_start = byte_ends
-        if cache is not None and bool((cache.decoder.ends < byte_ends).any()):
+        byte_states = encoded.byte_states
+        num_new = byte_states.shape[1]
+        decoder_targets = encoded.segmentation.decoder_target
+        decoder_start = encoded.byte_ends
+        if cache is not None and bool((cache.decoder.ends < encoded.byte_ends).any()):
             # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
             # again with its final one, in every row to keep one shape (identically where it was final already).
-            decoder_start = byte_ends - 1
+            decoder_start = encoded.byte_ends - 1
             rows = torch.arange(byte_states.shape[0], device=byte_states.device)
             previous_state = cache.encoder_states[rows, decoder_start].to(byte_states.dtype)
-            previous_target = (cache.num_patches - segmentation.new_patches - 1).clamp(min=0)
+            previous_target = (cache.num_patches - encoded.segmentation.new_patches - 1).clamp(min=0)
             byte_states = torch.cat([previous_state[:, None], byte_states], dim=1)
             decoder_targets = torch.cat([previous_target[:, None], decoder_targets], dim=1)
-        gathered = [
-            (self._gather_patches(keys, decoder_targets), self._gather_patches(values, decoder_targets))
-            for keys, values in latent_keys_values
-        ]
+        gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
         decoder_context = build_attention_context(
-            starts,
+            encoded.starts,
             decoder_start,
             byte_states.shape[1],
             self.config.local_attention_window_len,
@@ -1011,14 +1169,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         if cache is not None:
             cache.decoder.ends = decoder_start + byte_states.shape[1]
             if cache.newest_byte_is_provisional:
-                cache.decoder.ends = cache.decoder.ends - segmentation.ends_patch[:, -1].long()
+                cache.decoder.ends = cache.decoder.ends - encoded.segmentation.ends_patch[:, -1].long()
         return decoder_states[:, -num_new:]
-
-    @staticmethod
-    def _gather_patches(patch_tensor: torch.Tensor, patch_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, patches, ...) indexed by (batch, new) -> (batch, new, ...)."""
-        rows = torch.arange(patch_tensor.shape[0], device=patch_tensor.device)[:, None]
-        return patch_tensor[rows, patch_ids]
 
 
 @dataclass
@@ -1026,15 +1178,24 @@ class BltDiffusionCausalLMOutput(ModelOutput):
     """
     Output of [`BltDiffusionForCausalLM`].
 
-    loss (`torch.FloatTensor` of shape `()`, *optional*): next-byte cross-entropy, when `labels` are given.
+    loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the next-byte cross-entropy; for a BLT-D
+        model (`diffusion_block_size` > 0) `clean_loss + diffusion_loss`.
     logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
     cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
         `cache`, formerly `past_key_values`).
+    clean_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the next-byte term (Eq. 5 of the paper);
+        with the default reduction it equals a plain BLT's loss, so it gives held-out bits per byte.
+    diffusion_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the masked-cell term (Eq. 6).
+    diffusion_logits (`torch.FloatTensor` of shape `(batch, blocks, B, vocab)`, *optional*): BLT-D only, each block
+        cell's logits for the byte at its own position.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: BltDiffusionCache | None = None
+    clean_loss: torch.FloatTensor | None = None
+    diffusion_loss: torch.FloatTensor | None = None
+    diffusion_logits: torch.FloatTensor | None = None
 
 
 class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGenerationMixin):
@@ -1102,6 +1263,7 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
+        diffusion_blocks: DiffusionBlocks | None = None,
         **kwargs,
     ) -> BltDiffusionCausalLMOutput:
         r"""
@@ -1114,6 +1276,11 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets for the shifted next-byte loss,
                 -100 to ignore.
             logits_to_keep (`int` or `torch.Tensor`, *optional*): keep only the last n positions' logits (0: all).
+            diffusion_blocks (`DiffusionBlocks`, *optional*): BLT-D only, corrupted blocks to decode instead of
+                sampling them (for reproducible evaluation); see `sample_diffusion_blocks`.
+
+        A BLT-D model given `labels` (or `diffusion_blocks`) also decodes corrupted blocks and returns the
+        block-diffusion objective: `loss = clean_loss + diffusion_loss` (see `diffusion_losses`).
         """
         if inputs_embeds is not None:
             raise ValueError(
@@ -1128,6 +1295,11 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         self.validate_inputs(input_ids, attention_mask, allow_right_padding=past_key_values is None and not use_cache)
         if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
             raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
+        diffusion = diffusion_blocks is not None or (labels is not None and self.config.diffusion_block_size > 0)
+        if diffusion:
+            if past_key_values is not None or use_cache:
+                raise ValueError("The block-diffusion objective runs on whole sequences: do not pass a cache.")
+            return self._forward_diffusion(input_ids, attention_mask, labels, diffusion_blocks, **kwargs)
         if past_key_values is None and use_cache:
             past_key_values = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
         hidden_states = self.model(input_ids, cache=past_key_values, attention_mask=attention_mask)
@@ -1140,6 +1312,131 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
         return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=past_key_values)
+
+    def _forward_diffusion(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        diffusion_blocks: DiffusionBlocks | None,
+        **kwargs,
+    ) -> BltDiffusionCausalLMOutput:
+        """Clean bytes and corrupted blocks in one decoder pass; the encoder and global transformer see only clean
+        bytes."""
+        encoded = self.model.encode(input_ids, attention_mask=attention_mask)
+        if diffusion_blocks is None:
+            diffusion_blocks = self.sample_diffusion_blocks(input_ids, labels, attention_mask, encoded)
+        clean_states, cell_states = self.model.decode_with_blocks(encoded, diffusion_blocks)
+        logits = self.lm_head(clean_states).float()
+        diffusion_logits = self.lm_head(cell_states).float()
+        clean_loss = diffusion_loss = loss = None
+        if labels is not None:
+            clean_loss, diffusion_loss = self.diffusion_losses(
+                logits, diffusion_logits, labels, diffusion_blocks, **kwargs
+            )
+            loss = clean_loss + diffusion_loss
+        return BltDiffusionCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            clean_loss=clean_loss,
+            diffusion_loss=diffusion_loss,
+            diffusion_logits=diffusion_logits,
+        )
+
+    def sample_diffusion_blocks(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        encoded: EncodedBytes,
+        generator: torch.Generator | None = None,
+    ) -> DiffusionBlocks:
+        """Corrupt one block of `diffusion_block_size` bytes at every patch start after the first.
+
+        Each example draws one masking probability t = eps + (1 - eps) * u, u ~ U(0, 1), with eps =
+        `config.diffusion_min_mask_ratio`: t stays uniform but never reaches 0, where the 1 / t weight would explode
+        (the same clipping as LLaDA). Every cell inside the row is then masked independently with probability t.
+        Cells past the end of a row are padding: never masked, never supervised, invisible to other cells.
+
+        Args:
+            input_ids (`torch.Tensor` of shape `(batch, seq)`): the clean bytes.
+            labels (`torch.Tensor` of shape `(batch, seq)`, *optional*): unshifted labels (-100 to ignore); cells
+                predict `labels` at their own position. Without labels, cells predict `input_ids`.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding (either side).
+            encoded (`EncodedBytes`): the output of `model.encode` for these bytes, which gives the patch starts.
+            generator (`torch.Generator`, *optional*): randomness for t and the masks.
+        """
+        config = self.config
+        block_size = config.diffusion_block_size
+        batch_size, seq_length = input_ids.shape
+        device = input_ids.device
+        in_row = encoded.real if attention_mask is None else encoded.real & attention_mask.bool()
+        row_ends = encoded.starts + in_row.sum(dim=1)
+        anchors = patch_start_slots(encoded.segmentation.ends_patch, in_row)
+        slots = anchors[..., None] + torch.arange(block_size, device=device)
+        valid = (anchors[..., None] >= 0) & (slots < row_ends[:, None, None])
+        gather_slots = slots.clamp(0, seq_length - 1).flatten(1)
+        cell_bytes = input_ids.gather(1, gather_slots).view_as(slots)
+        targets = (labels if labels is not None else input_ids).gather(1, gather_slots).view_as(slots)
+        targets = targets.masked_fill(~valid, -100)
+
+        eps = config.diffusion_min_mask_ratio
+        mask_ratio = eps + (1 - eps) * torch.rand(batch_size, device=device, generator=generator)
+        draws = torch.rand(slots.shape, device=device, generator=generator)
+        masked = valid & (draws < mask_ratio[:, None, None])
+        cell_inputs = torch.where(valid, cell_bytes, config.pad_token_id)
+        return DiffusionBlocks(
+            starts=anchors,
+            input_ids=cell_inputs.masked_fill(masked, config.diffusion_mask_id),
+            masked=masked,
+            targets=targets,
+            valid=valid,
+            mask_ratio=mask_ratio,
+        )
+
+    def diffusion_losses(
+        self,
+        logits: torch.Tensor,
+        diffusion_logits: torch.Tensor,
+        labels: torch.Tensor,
+        blocks: DiffusionBlocks,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of the BLT-D objective (Eq. 5-7): next-byte loss on clean bytes, and the 1/t-weighted loss
+        of masked cells predicting the byte at their own position.
+
+        `config.diffusion_loss_reduction` chooses how each term is normalised:
+
+        - `"mean"` (default): the clean term is the mean over supervised bytes, exactly a plain BLT's loss (so it
+          reads as bits per byte and a BLT-D model's clean loss compares with a BLT's); the diffusion term is the
+          weighted sum over masked cells divided by the number of supervised cells, an unbiased estimate of the mean
+          per-cell loss since each cell is masked with probability t. Both are per byte, weighted 1:1. The paper's
+          plain sums would weight the diffusion term about B / (bytes per patch) times more than next-byte
+          prediction, which verification (BLT-S, BLT-DV) relies on.
+        - `"sum"`: the paper's sums as written, both divided by the same count (supervised clean bytes) so that the
+          learning rate does not depend on batch size; relative weights are exactly the paper's.
+
+        Returns:
+            `clean_loss`, `diffusion_loss`, scalars.
+        """
+        reduction = self.config.diffusion_loss_reduction
+        vocab_size = self.config.vocab_size
+        cell_losses = F.cross_entropy(
+            diffusion_logits.flatten(0, -2), blocks.targets.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(blocks.targets)
+        weights = blocks.masked.to(cell_losses.dtype) / blocks.mask_ratio[:, None, None]
+        weighted_sum = (cell_losses * weights).sum()
+        if reduction == "mean":
+            clean_loss = self.loss_function(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch)
+            supervised_cells = (blocks.targets != -100).sum().clamp(min=1)
+            return clean_loss, weighted_sum / supervised_cells
+        shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
+        clean_sum = F.cross_entropy(
+            logits.flatten(0, -2), shift_labels.flatten().to(logits.device), ignore_index=-100, reduction="sum"
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else (shift_labels != -100).sum().clamp(min=1)
+        return clean_sum / count, weighted_sum / count
 
 
 __all__ = ["BltDiffusionCache", "BltDiffusionForCausalLM", "BltDiffusionModel", "BltDiffusionPreTrainedModel"]

@@ -1,0 +1,294 @@
+"""The BLT-D training objective: block layout, masking, losses, attention leakage and fine-tuning from stock BLT."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from conftest import PARITY_CONFIGS, build_pair, source_text, text_ids
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import BltForCausalLM
+
+from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
+from blt_diffusion.modeling_blt_diffusion import DiffusionBlocks, diffusion_attention_mask
+
+BLOCK_SIZE = 6
+
+
+def diffusion_model(stock: BltForCausalLM, block_size: int = BLOCK_SIZE, **overrides) -> BltDiffusionForCausalLM:
+    """A BLT-D model holding `stock`'s weights plus freshly initialised diffusion parameters."""
+    torch.manual_seed(123)
+    config = BltDiffusionConfig.from_blt_config(stock.config, diffusion_block_size=block_size, **overrides)
+    model = BltDiffusionForCausalLM(config).eval()
+    missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
+    assert missing == ["model.diffusion_embed_tokens.weight"] and not unexpected
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(PARITY_CONFIGS))
+def models(request):
+    """(plain BLT, BLT-D) on the same weights, for each parity configuration (windows, max patch length, GQA)."""
+    stock, plain = build_pair(**PARITY_CONFIGS[request.param])
+    return plain, diffusion_model(stock)
+
+
+def sampled_blocks(model, input_ids, seed=0, attention_mask=None) -> DiffusionBlocks:
+    encoded = model.model.encode(input_ids, attention_mask=attention_mask)
+    generator = torch.Generator().manual_seed(seed)
+    return model.sample_diffusion_blocks(input_ids, input_ids, attention_mask, encoded, generator=generator)
+
+
+def run(model, input_ids, blocks, labels=None):
+    with torch.no_grad():
+        return model(input_ids, labels=labels, diffusion_blocks=blocks)
+
+
+# --- Block layout and masking -----------------------------------------------------------------------------------------
+
+
+def test_blocks_are_anchored_at_every_patch_start_after_the_first(models):
+    _, model = models
+    input_ids = text_ids(source_text(300, 200))
+    encoded = model.model.encode(input_ids)
+    blocks = sampled_blocks(model, input_ids)
+    ends_patch = encoded.segmentation.ends_patch[0]
+    expected_starts = (torch.nonzero(ends_patch[:-1])[:, 0] + 1).tolist()
+    assert blocks.starts[0].tolist() == expected_starts
+    assert len(expected_starts) > 40  # the calibrated patcher cuts many multi-byte patches
+
+    slots = blocks.starts[0, :, None] + torch.arange(BLOCK_SIZE)
+    inside = slots < input_ids.shape[1]
+    assert torch.equal(blocks.valid[0], inside)
+    # Cells hold (or predict) the byte at their own position; cells past the end are padding, never supervised.
+    expected_bytes = input_ids[0, slots.clamp(max=input_ids.shape[1] - 1)]
+    assert torch.equal(blocks.targets[0][inside], expected_bytes[inside])
+    assert bool((blocks.targets[0][~inside] == -100).all())
+    assert not bool(blocks.masked[0][~inside].any())
+    unmasked = inside & ~blocks.masked[0]
+    assert torch.equal(blocks.input_ids[0][unmasked], expected_bytes[unmasked])
+    assert bool((blocks.input_ids[0][blocks.masked[0]] == model.config.diffusion_mask_id).all())
+
+
+def test_one_mask_ratio_per_example_masks_that_share_of_cells(models):
+    _, model = models
+    input_ids = text_ids(source_text(400)).repeat(64, 1)
+    blocks = sampled_blocks(model, input_ids, seed=3)
+    ratio = blocks.mask_ratio
+    assert ratio.shape == (64,)
+    assert bool((ratio >= model.config.diffusion_min_mask_ratio).all()) and bool((ratio <= 1).all())
+    masked_share = blocks.masked.flatten(1).float().sum(1) / blocks.valid.flatten(1).float().sum(1)
+    # Per example the masked share tracks its own t (each row holds hundreds of cells).
+    assert float((masked_share - ratio).abs().max()) < 0.12
+    assert float(torch.corrcoef(torch.stack([masked_share, ratio]))[0, 1]) > 0.98
+
+
+def test_right_padding_is_outside_every_block(models):
+    _, model = models
+    input_ids = text_ids(source_text(120, 40)).repeat(2, 1)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 80:] = 0
+    blocks = sampled_blocks(model, input_ids, attention_mask=attention_mask)
+    slots = blocks.starts[1, :, None] + torch.arange(BLOCK_SIZE)
+    assert not bool((blocks.valid[1] & (slots >= 80)).any())
+    assert bool((blocks.starts[1] < 80).all())
+
+
+# --- Leakage ------------------------------------------------------------------------------------------------------------
+
+
+def test_block_predictions_ignore_clean_bytes_at_and_after_the_block_start(models):
+    _, model = models
+    input_ids = text_ids(source_text(260, 600))
+    blocks = sampled_blocks(model, input_ids, seed=1)
+    reference = run(model, input_ids, blocks).diffusion_logits
+    generator = torch.Generator().manual_seed(0)
+    for block_index in (3, blocks.starts.shape[1] // 2, blocks.starts.shape[1] - 2):
+        anchor = int(blocks.starts[0, block_index])
+        changed = input_ids.clone()
+        changed[0, anchor:] = torch.randint(4, 260, (input_ids.shape[1] - anchor,), generator=generator)
+        logits = run(model, changed, blocks).diffusion_logits
+        earlier = blocks.starts[0] <= anchor
+        torch.testing.assert_close(logits[0, earlier], reference[0, earlier], atol=1e-5, rtol=0)
+        # The change is visible where it should be: in later blocks.
+        assert not torch.allclose(logits[0, ~earlier], reference[0, ~earlier], atol=1e-3)
+
+
+def test_clean_predictions_ignore_every_block(models):
+    _, model = models
+    input_ids = text_ids(source_text(200, 100))
+    blocks = sampled_blocks(model, input_ids, seed=2)
+    reference = run(model, input_ids, blocks)
+    scrambled = dataclasses.replace(
+        blocks, input_ids=torch.randint(4, 261, blocks.input_ids.shape, generator=torch.Generator().manual_seed(5))
+    )
+    changed = run(model, input_ids, scrambled)
+    assert torch.equal(changed.logits, reference.logits)
+    assert not torch.allclose(changed.diffusion_logits, reference.diffusion_logits, atol=1e-3)
+
+
+def test_blocks_do_not_see_each_other(models):
+    _, model = models
+    input_ids = text_ids(source_text(200, 1000))
+    blocks = sampled_blocks(model, input_ids, seed=4)
+    reference = run(model, input_ids, blocks).diffusion_logits
+    changed_inputs = blocks.input_ids.clone()
+    changed_inputs[0, 5] = model.config.diffusion_mask_id
+    changed_inputs[0, 5, 0] = 100
+    logits = run(model, input_ids, dataclasses.replace(blocks, input_ids=changed_inputs)).diffusion_logits
+    others = torch.arange(blocks.starts.shape[1]) != 5
+    torch.testing.assert_close(logits[0, others], reference[0, others], atol=1e-5, rtol=0)
+    assert not torch.allclose(logits[0, 5], reference[0, 5], atol=1e-3)
+
+
+def test_no_cell_may_attend_its_own_clean_twin_or_anything_after_its_block_start(models):
+    _, model = models
+    input_ids = text_ids(source_text(150))
+    blocks = sampled_blocks(model, input_ids)
+    num_clean = input_ids.shape[1]
+    mask = diffusion_attention_mask(torch.zeros(1, dtype=torch.long), num_clean, blocks, None)[0, 0]
+    cell_rows = mask[num_clean:, :num_clean]
+    anchors = blocks.starts[0].repeat_interleave(BLOCK_SIZE)
+    clean_slots = torch.arange(num_clean)
+    assert not bool((cell_rows & (clean_slots[None, :] >= anchors[:, None])).any())
+    # ...but every clean byte before the anchor is visible, so the mask is not simply empty.
+    assert bool((cell_rows == (clean_slots[None, :] < anchors[:, None])).all())
+    # Clean rows never read cells.
+    assert not bool(mask[:num_clean, num_clean:].any())
+
+
+# --- Losses ---------------------------------------------------------------------------------------------------------------
+
+
+def test_clean_loss_equals_plain_blt_loss_and_nothing_masked_gives_zero_diffusion_loss(models):
+    plain, model = models
+    input_ids = text_ids(source_text(300, 50))
+    labels = input_ids.masked_fill(torch.arange(input_ids.shape[1]) < 7, -100)
+    blocks = sampled_blocks(model, input_ids)
+    unmasked = dataclasses.replace(
+        blocks,
+        masked=torch.zeros_like(blocks.masked),
+        input_ids=torch.where(blocks.valid, blocks.targets.clamp(min=0), model.config.pad_token_id),
+    )
+    with torch.no_grad():
+        expected = plain(input_ids, labels=labels)
+        actual = model(input_ids, labels=labels, diffusion_blocks=unmasked)
+        sampled = model(input_ids, labels=labels)
+    torch.testing.assert_close(actual.clean_loss, expected.loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0)
+    assert float(actual.diffusion_loss) == 0.0
+    torch.testing.assert_close(actual.loss, actual.clean_loss)
+    torch.testing.assert_close(sampled.clean_loss, expected.loss, atol=1e-5, rtol=0)
+    assert float(sampled.diffusion_loss) > 0
+    torch.testing.assert_close(sampled.loss, sampled.clean_loss + sampled.diffusion_loss)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_diffusion_loss_is_the_inverse_t_weighted_masked_cross_entropy(reduction):
+    stock, _ = build_pair(seed=0)
+    model = diffusion_model(stock, diffusion_loss_reduction=reduction)
+    input_ids = torch.cat([text_ids(source_text(180, 300)), text_ids(source_text(180, 900))])
+    blocks = sampled_blocks(model, input_ids, seed=7)
+    output = run(model, input_ids, blocks, labels=input_ids)
+    log_probs = output.diffusion_logits.log_softmax(-1)
+    weighted_sum = 0.0
+    for row in range(2):
+        for block, offset in torch.nonzero(blocks.masked[row]).tolist():
+            target = int(blocks.targets[row, block, offset])
+            weighted_sum -= float(log_probs[row, block, offset, target]) / float(blocks.mask_ratio[row])
+    clean_bytes = input_ids.numel() - 2
+    if reduction == "mean":
+        expected = weighted_sum / int((blocks.targets != -100).sum())
+    else:
+        expected = weighted_sum / clean_bytes
+    assert float(output.diffusion_loss) == pytest.approx(expected, rel=1e-4)
+    log_probs = output.logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None])
+    assert float(output.clean_loss) == pytest.approx(-float(log_probs.sum()) / clean_bytes, rel=1e-4)
+
+
+def test_invalid_loss_settings_are_rejected():
+    with pytest.raises(StrictDataclassClassValidationError, match="diffusion_loss_reduction"):
+        BltDiffusionConfig(diffusion_block_size=4, diffusion_loss_reduction="avg")
+    with pytest.raises(StrictDataclassClassValidationError, match="diffusion_min_mask_ratio"):
+        BltDiffusionConfig(diffusion_block_size=4, diffusion_min_mask_ratio=0.0)
+
+
+def test_diffusion_blocks_on_a_plain_model_name_the_problem(models):
+    plain, model = models
+    input_ids = text_ids(source_text(60))
+    with pytest.raises(ValueError, match="diffusion_block_size"):
+        plain(input_ids, diffusion_blocks=sampled_blocks(model, input_ids))
+
+
+# --- Fine-tuning from stock BLT -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stock_dir(tmp_path_factory):
+    stock, _ = build_pair(seed=0)
+    directory = tmp_path_factory.mktemp("stock_blt")
+    stock.save_pretrained(directory)
+    return directory, stock
+
+
+def test_stock_directory_becomes_a_blt_d_model_that_still_decodes_like_stock(stock_dir):
+    directory, stock = stock_dir
+    model, info = BltDiffusionForCausalLM.from_pretrained(directory, diffusion_block_size=8, output_loading_info=True)
+    assert model.config.diffusion_block_size == 8
+    assert set(info["missing_keys"]) == {"model.diffusion_embed_tokens.weight"}
+    assert not info["unexpected_keys"]
+    embedding = model.model.diffusion_embed_tokens.weight.detach()
+    assert embedding.shape == (261, model.config.decoder_config.hidden_size)
+    assert 0.5 < float(embedding.std()) * embedding.shape[1] ** 0.5 < 1.5  # freshly initialised, not zeros
+    input_ids = text_ids(source_text(200))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval()(input_ids).logits, stock(input_ids, use_cache=False).logits, atol=1e-4, rtol=0
+        )
+
+
+def test_both_loss_terms_backpropagate_through_the_whole_model(stock_dir):
+    directory, _ = stock_dir
+    model = BltDiffusionForCausalLM.from_pretrained(directory, diffusion_block_size=8).train()
+    input_ids = text_ids(source_text(240, 1200))
+    torch.manual_seed(0)
+    output = model(input_ids, labels=input_ids)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    for term, untouched in ((output.diffusion_loss, set()), (output.clean_loss, {"diffusion_embed_tokens"})):
+        model.zero_grad()
+        term.backward(retain_graph=True)
+        reached = {
+            name
+            for name, parameter in model.named_parameters()
+            if parameter.grad is not None and parameter.grad.abs().sum() > 0
+        }
+        for prefix in ("model.local_encoder.", "model.global_transformer.", "model.local_decoder.", "lm_head."):
+            assert any(name.startswith(prefix) for name in reached), (prefix, term)
+        assert ("model.diffusion_embed_tokens.weight" in reached) == (not untouched)
+        assert not any(name.startswith("model.patcher.") for name in reached)
+    assert "model.diffusion_embed_tokens.weight" in trainable
+
+
+def test_gradient_checkpointing_gives_the_same_diffusion_gradients(stock_dir):
+    directory, _ = stock_dir
+    model = BltDiffusionForCausalLM.from_pretrained(directory, diffusion_block_size=4).train()
+    input_ids = text_ids(source_text(120, 2000))
+    blocks = sampled_blocks(model, input_ids, seed=9)
+
+    def gradients():
+        model.zero_grad()
+        model(input_ids, labels=input_ids, diffusion_blocks=blocks).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_cache_with_the_diffusion_objective_is_refused(models):
+    _, model = models
+    input_ids = text_ids(source_text(30))
+    with pytest.raises(ValueError, match="whole sequences"):
+        copy.deepcopy(model)(input_ids, labels=input_ids, use_cache=True)
