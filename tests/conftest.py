@@ -54,6 +54,16 @@ def build_pair(seed: int = 0, bytes_per_patch: float = 3.5, **config_overrides):
     return stock, ours
 
 
+def diffusion_model_from(stock: BltForCausalLM, block_size: int, **overrides) -> BltDiffusionForCausalLM:
+    """A BLT-D model holding `stock`'s weights plus freshly initialised diffusion parameters (seeded)."""
+    torch.manual_seed(123)
+    config = BltDiffusionConfig.from_blt_config(stock.config, diffusion_block_size=block_size, **overrides)
+    model = BltDiffusionForCausalLM(config).eval()
+    missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
+    assert missing == ["model.diffusion_embed_tokens.weight"] and not unexpected
+    return model
+
+
 PARITY_CONFIGS = {
     "default": dict(seed=0),
     "max_patch_4_gqa_all_cross": dict(
@@ -90,3 +100,10 @@ def tiny_model():
 def max_patch_model():
     """Our model with `max_patch_length`, where the newest byte's latent is provisional."""
     return build_pair(**PARITY_CONFIGS["max_patch_6_projection_small_windows"])[1]
+
+
+@pytest.fixture(scope="session")
+def diffusion_model():
+    """A random BLT-D model (block size 8) on the default tiny config's calibrated weights."""
+    stock, _ = build_pair(seed=0)
+    return diffusion_model_from(stock, block_size=8)

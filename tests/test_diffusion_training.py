@@ -5,9 +5,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import PARITY_CONFIGS, build_pair, source_text, text_ids
+from conftest import PARITY_CONFIGS, build_pair, diffusion_model_from, source_text, text_ids
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from transformers import BltForCausalLM
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.modeling_blt_diffusion import DiffusionBlocks, diffusion_attention_mask
@@ -15,21 +14,11 @@ from blt_diffusion.modeling_blt_diffusion import DiffusionBlocks, diffusion_atte
 BLOCK_SIZE = 6
 
 
-def diffusion_model(stock: BltForCausalLM, block_size: int = BLOCK_SIZE, **overrides) -> BltDiffusionForCausalLM:
-    """A BLT-D model holding `stock`'s weights plus freshly initialised diffusion parameters."""
-    torch.manual_seed(123)
-    config = BltDiffusionConfig.from_blt_config(stock.config, diffusion_block_size=block_size, **overrides)
-    model = BltDiffusionForCausalLM(config).eval()
-    missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
-    assert missing == ["model.diffusion_embed_tokens.weight"] and not unexpected
-    return model
-
-
 @pytest.fixture(scope="module", params=sorted(PARITY_CONFIGS))
 def models(request):
     """(plain BLT, BLT-D) on the same weights, for each parity configuration (windows, max patch length, GQA)."""
     stock, plain = build_pair(**PARITY_CONFIGS[request.param])
-    return plain, diffusion_model(stock)
+    return plain, diffusion_model_from(stock, BLOCK_SIZE)
 
 
 def sampled_blocks(model, input_ids, seed=0, attention_mask=None) -> DiffusionBlocks:
@@ -43,7 +32,7 @@ def run(model, input_ids, blocks, labels=None):
         return model(input_ids, labels=labels, diffusion_blocks=blocks)
 
 
-# --- Block layout and masking -----------------------------------------------------------------------------------------
+# --- Block layout and masking ----------------------------------------------------------------------------------------
 
 
 def test_blocks_are_anchored_at_every_patch_start_after_the_first(models):
@@ -93,7 +82,7 @@ def test_right_padding_is_outside_every_block(models):
     assert bool((blocks.starts[1] < 80).all())
 
 
-# --- Leakage ------------------------------------------------------------------------------------------------------------
+# --- Leakage ---------------------------------------------------------------------------------------------------------
 
 
 def test_block_predictions_ignore_clean_bytes_at_and_after_the_block_start(models):
@@ -156,7 +145,7 @@ def test_no_cell_may_attend_its_own_clean_twin_or_anything_after_its_block_start
     assert not bool(mask[:num_clean, num_clean:].any())
 
 
-# --- Losses ---------------------------------------------------------------------------------------------------------------
+# --- Losses ----------------------------------------------------------------------------------------------------------
 
 
 def test_clean_loss_equals_plain_blt_loss_and_nothing_masked_gives_zero_diffusion_loss(models):
@@ -185,7 +174,7 @@ def test_clean_loss_equals_plain_blt_loss_and_nothing_masked_gives_zero_diffusio
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_diffusion_loss_is_the_inverse_t_weighted_masked_cross_entropy(reduction):
     stock, _ = build_pair(seed=0)
-    model = diffusion_model(stock, diffusion_loss_reduction=reduction)
+    model = diffusion_model_from(stock, BLOCK_SIZE, diffusion_loss_reduction=reduction)
     input_ids = torch.cat([text_ids(source_text(180, 300)), text_ids(source_text(180, 900))])
     blocks = sampled_blocks(model, input_ids, seed=7)
     output = run(model, input_ids, blocks, labels=input_ids)
@@ -219,7 +208,7 @@ def test_diffusion_blocks_on_a_plain_model_name_the_problem(models):
         plain(input_ids, diffusion_blocks=sampled_blocks(model, input_ids))
 
 
-# --- Fine-tuning from stock BLT -------------------------------------------------------------------------------------------
+# --- Fine-tuning from stock BLT --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

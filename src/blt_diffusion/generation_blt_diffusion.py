@@ -61,6 +61,18 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             raise ValueError(
                 f"Unknown decoding strategy {decoding!r}; this version provides {sorted(DECODING_STRATEGIES)}."
             )
+        unmasking = getattr(self, "unmasking", "confidence")
+        if unmasking not in UNMASKING_RULES:
+            raise ValueError(f"Unknown unmasking rule {unmasking!r}; choose one of {sorted(UNMASKING_RULES)}.")
+        block_size = getattr(self, "block_size", None)
+        if block_size is not None and block_size < 1:
+            raise ValueError(f"`block_size` must be a positive number of bytes, got {block_size}.")
+        if not 0.0 <= getattr(self, "confidence_threshold", 0.7) <= 1.0:
+            raise ValueError(f"`confidence_threshold` must lie in [0, 1], got {self.confidence_threshold}.")
+        if getattr(self, "entropy_bound", 1.0) < 0:
+            raise ValueError(f"`entropy_bound` must be >= 0 nats, got {self.entropy_bound}.")
+        if getattr(self, "draft_length", 8) < 1:
+            raise ValueError(f"`draft_length` must be a positive number of bytes, got {self.draft_length}.")
         if self.num_beams not in (None, 1):
             raise ValueError(f"Beam search is not supported by BLT decoding strategies (num_beams={self.num_beams}).")
 
@@ -295,7 +307,131 @@ class AutoregressiveDecoding(DecodingStrategy):
         state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
 
 
-DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {AutoregressiveDecoding.name: AutoregressiveDecoding}
+def select_confident(masked: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Confidence unmasking (Mask-Predict / Fast-dLLM style): every masked cell whose confidence exceeds
+    `threshold`, or the single most confident masked cell of a row where none does.
+
+    `masked`, `confidence` (batch, block) -> cells to unmask (batch, block) boolean.
+    """
+    confidence = confidence.masked_fill(~masked, -1.0)
+    selected = masked & (confidence > threshold)
+    best = torch.zeros_like(masked).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
+    return torch.where(selected.any(dim=1, keepdim=True), selected, best & masked)
+
+
+def select_entropy_bounded(masked: torch.Tensor, entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """Entropy-bounded unmasking: the lowest-entropy masked cells while their cumulative entropy stays within
+    `bound` (nats), and at least the lowest one. This is the paper's wording (plain cumulative sum); the EB-sampler
+    paper subtracts the largest entropy, which admits one more cell.
+
+    `masked`, `entropy` (batch, block) -> cells to unmask (batch, block) boolean.
+    """
+    entropy = entropy.masked_fill(~masked, float("inf"))
+    order = entropy.argsort(dim=1)
+    sorted_entropy = entropy.gather(1, order)
+    within = sorted_entropy.cumsum(dim=1) <= bound
+    within[:, 0] = True
+    selected_sorted = within & sorted_entropy.isfinite()
+    return torch.zeros_like(masked).scatter(1, order, selected_sorted) & masked
+
+
+def select_all(masked: torch.Tensor, scores: torch.Tensor, unused: float) -> torch.Tensor:
+    """One-step unmasking: every masked cell at once."""
+    return masked
+
+
+UNMASKING_RULES = {
+    "confidence": (select_confident, "confidence_threshold"),
+    "entropy_bound": (select_entropy_bounded, "entropy_bound"),
+    "one_step": (select_all, None),
+}
+
+
+class DiffusionDecoding(DecodingStrategy):
+    """BLT-D block diffusion (the paper's Algorithm 1): per block, one encoder+global call and a few decoder calls.
+
+    Each block starts as `block_size` masked cells after the committed bytes. Every decoder call predicts all cells
+    at once (bidirectional attention within the block, every cell reading the newest latent); the unmasking rule
+    fixes some of them, and the block is done when none is masked. Committed blocks are then appended to the cache:
+    the patcher and encoder read them, patches they close are encoded globally once, and the open patch gets a
+    provisional latent for the next block, all in one encoder+global call.
+
+    Which cells to unmask is decided on the model's own distribution (confidence = its largest probability, entropy
+    of its full distribution); the byte written into a cell is the argmax, or a sample with `do_sample`, of the
+    distribution after the logits processors (temperature, top-k, top-p, repetition penalty).
+    """
+
+    name = "diffusion"
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        config = self.model.config
+        trained_block_size = config.diffusion_block_size
+        if trained_block_size <= 0:
+            raise ValueError(
+                f"decoding={self.name!r} needs a model trained with the block-diffusion objective "
+                "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
+            )
+        self.block_size = self.generation_config.block_size or trained_block_size
+        if not 1 <= self.block_size <= trained_block_size:
+            raise ValueError(
+                f"`block_size` must be between 1 and the trained block size {trained_block_size}, got "
+                f"{self.block_size}."
+            )
+        self.select, knob = UNMASKING_RULES[self.generation_config.unmasking]
+        self.knob = getattr(self.generation_config, knob) if knob is not None else 0.0
+        self.mask_id = config.diffusion_mask_id
+        self.cache = self.model.new_cache(
+            input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens + self.block_size, device=input_ids.device
+        )
+        self.model.model.encode(input_ids, self.cache, attention_mask, with_open_patch=True)
+        state.count_calls(global_=1, patcher=1)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+        remaining = state.max_new_tokens - state.num_generated
+        block_size = min(self.block_size, int(remaining[state.unfinished].max()))
+        batch_size = state.sequences.shape[0]
+        cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
+        # Finished rows ride along in lockstep without steering the loop.
+        masked = state.unfinished[:, None].expand_as(cells).clone()
+        while bool(masked.any()):
+            hidden_states = self.model.model.decode_block(self.cache, cells)
+            logits = self.model.lm_head(hidden_states).float()
+            state.count_calls(decoder=masked.any(dim=1).long())
+            tokens = self.choose_cells(state, logits)
+            probabilities = logits.softmax(dim=-1)
+            if self.generation_config.unmasking == "entropy_bound":
+                scores = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
+            else:
+                scores = probabilities.max(dim=-1).values
+            unmask = self.select(masked, scores, self.knob)
+            cells = torch.where(unmask, tokens, cells)
+            masked &= ~unmask
+            if state.streamer is not None and hasattr(state.streamer, "put_draft"):
+                state.streamer.put_draft(cells[0].cpu())
+        # Finished rows never decoded their cells; they are fed padding, which nobody reads.
+        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), None
+
+    def choose_cells(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
+        """Pick a byte for every cell from raw logits (batch, block, vocab): processors, then greedy or sampling."""
+        batch_size, block_size, vocab_size = logits.shape
+        history = state.right_aligned().repeat_interleave(block_size, dim=0)
+        scores = self.logits_processor(history, logits.flatten(0, 1)).view(batch_size, block_size, vocab_size)
+        if self.generation_config.output_scores:
+            state.scores.append(scores)
+        if self.generation_config.output_logits:
+            state.raw_logits.append(logits)
+        if self.generation_config.do_sample:
+            return torch.multinomial(scores.flatten(0, 1).softmax(dim=-1), num_samples=1).view(batch_size, block_size)
+        return scores.argmax(dim=-1)
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        self.model.model.encode(tokens, self.cache, with_open_patch=True)
+        state.count_calls(global_=1, patcher=1)
+
+
+DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
+    strategy.name: strategy for strategy in (AutoregressiveDecoding, DiffusionDecoding)
+}
 
 # Keyword arguments `generate` accepts besides generation-config fields; anything else is a typo worth reporting.
 _ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "output_attentions", "output_hidden_states"}

@@ -244,6 +244,42 @@ def build_attention_context(
     )
 
 
+def build_block_attention_context(
+    starts: torch.Tensor,
+    clean_start: int,
+    block_start: int,
+    block_size: int,
+    sliding_window: int | None,
+    buffer: KeyValueBuffer,
+) -> AttentionContext:
+    """Decoder context for clean bytes at slots `[clean_start, block_start)` followed by a diffusion block at
+    `[block_start, block_start + block_size)`, all rows aligned on the same slots.
+
+    A clean query at slot q attends slots `starts[r] <= s <= q`; a cell attends every real slot before the block
+    and every cell of the block. With a window W, no query reads a key more than W - 1 slots behind it.
+    """
+    device = starts.device
+    block_end = block_start + block_size
+    query_slots = torch.arange(clean_start, block_end, device=device)
+    key_start = 0 if sliding_window is None else max(0, clean_start - sliding_window + 1)
+    key_slots = torch.arange(key_start, block_end, device=device)
+    readable = (key_slots[None, :] <= query_slots[:, None]) | (
+        (query_slots[:, None] >= block_start) & (key_slots[None, :] < block_end)
+    )
+    if sliding_window is not None:
+        readable &= key_slots[None, :] > query_slots[:, None] - sliding_window
+    allowed = readable[None] & (key_slots >= starts[:, None])[:, None, :]
+    allowed |= key_slots[None, None, :] == query_slots[None, :, None]
+    return AttentionContext(
+        position_ids=(query_slots[None, :] - starts[:, None]).clamp(min=0),
+        mask=allowed[:, None],
+        buffer=buffer,
+        shared_write_start=clean_start,
+        key_start=key_start,
+        key_end=block_end,
+    )
+
+
 class BltDiffusionSelfAttention(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -967,10 +1003,14 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         input_ids: torch.Tensor,
         cache: BltDiffusionCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        with_open_patch: bool = False,
     ) -> EncodedBytes:
         """Everything but the local decoder: patcher, segmentation, encoder, and the global transformer on every
         patch the new bytes close. Arguments as in `forward`; the cache's byte-level buffers (except the decoder's)
-        and patch buffers are updated in place."""
+        and patch buffers are updated in place.
+
+        `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
+        see `newest_latent_index`."""
         batch_size, num_new = input_ids.shape
         device = input_ids.device
         if cache is None or int(cache.byte_ends.max()) == 0:
@@ -994,7 +1034,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         # Bytes of left context for the hash n-grams, zeros before a row's start, as stock BLT pads.
         context = max(self.config.encoder_hash_byte_group_size) - 1
         if cache is not None:
-            cache.reserve(int(byte_ends.max()) + num_new)
+            # One slot more for a provisional open-patch latent.
+            cache.reserve(int(byte_ends.max()) + num_new + 1)
             context_slots = byte_ends[:, None] - context + torch.arange(context, device=device)
             history = cache.token_ids.gather(1, context_slots.clamp(min=0))
             history = history.masked_fill(context_slots < starts[:, None], 0)
@@ -1023,7 +1064,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         )
 
         latent_keys_values = self._close_patches(
-            cache, byte_states, segmentation, open_patch_start, byte_ends, starts, num_patches
+            cache, byte_states, segmentation, open_patch_start, byte_ends, starts, num_patches, with_open_patch
         )
         if cache is not None:
             cache.patches_closed_last_call = segmentation.new_patches
@@ -1078,6 +1119,58 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
 
     @staticmethod
+    def newest_latent_index(cache: BltDiffusionCache) -> torch.Tensor:
+        """Per row (batch,), the latent slot a block appended now reads: the open patch's provisional latent (see
+        `encode(..., with_open_patch=True)`), or the last closed patch's when the newest byte closed it."""
+        newest = (cache.byte_ends - 1).clamp(min=0)
+        newest_ends_patch = cache.ends_patch.gather(1, newest[:, None])[:, 0]
+        return (cache.num_patches - newest_ends_patch.long()).clamp(min=0)
+
+    def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
+
+        The block starts a patch: its cells, and the newest clean byte as a patch-final byte, read the newest latent
+        (`newest_latent_index`, from `encode(..., with_open_patch=True)`). Clean bytes the decoder has not seen yet
+        are decoded first, in the same call, causally and with their own latents. Cells attend every clean byte
+        (within the window) and each other, bidirectionally. Their keys are written past the cache's end and never
+        kept; the newest clean byte is re-decoded by the next call when its latent was provisional.
+
+        Args:
+            cache (`BltDiffusionCache`): holds the clean bytes, encoded with the open patch's latent.
+            cell_ids (`torch.Tensor` of shape `(batch, block)`): byte ids, `diffusion_mask_id` for masked cells.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, block, decoder_hidden)`: the cells' decoder states.
+        """
+        block_size = cell_ids.shape[1]
+        starts = cache.starts
+        block_start = int(cache.byte_ends.max())
+        clean_start = min(int(cache.decoder.ends.min()), block_start)
+        cache.reserve(block_start + block_size)
+        newest_latent = self.newest_latent_index(cache)
+
+        clean_slots = torch.arange(clean_start, block_start, device=cell_ids.device)
+        closed_after = cache.ends_patch[:, clean_start:block_start].flip(1).cumsum(1).flip(1)
+        closed_after = closed_after - cache.ends_patch[:, clean_start:block_start].long()
+        clean_targets = cache.num_patches[:, None] - closed_after - 1
+        clean_targets[:, -1:] = newest_latent[:, None]
+        latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
+
+        clean_states = cache.encoder_states[:, clean_slots]
+        cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
+        context = build_block_attention_context(
+            starts, clean_start, block_start, block_size, self.config.local_attention_window_len, cache.decoder
+        )
+        states = self.local_decoder(
+            torch.cat([clean_states, cell_states], dim=1),
+            gather_latents(cache.latent_keys_values, latent_targets),
+            context,
+        )
+        newest_is_final = cache.ends_patch[:, block_start - 1] if block_start > 0 else torch.ones_like(starts).bool()
+        cache.decoder.ends = torch.full_like(starts, block_start) - (~newest_is_final).long()
+        return states[:, -block_size:]
+
+    @staticmethod
     def _open_patch_start(cache: BltDiffusionCache, starts: torch.Tensor) -> torch.Tensor:
         """First slot of each row's open patch (batch,): one past the last byte that ended a patch."""
         slots = torch.arange(cache.ends_patch.shape[1], device=starts.device)
@@ -1094,14 +1187,19 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         byte_ends: torch.Tensor,
         starts: torch.Tensor,
         num_patches: torch.Tensor,
+        with_open_patch: bool = False,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Pool, globally encode and project the patches closed by this call's bytes.
+
+        With `with_open_patch` (caching only), the open patch is pooled too, as if it were closed, in the same
+        global call: its latent is provisional, stored one slot past the closed patches and not counted in them.
 
         Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
         cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
         """
         max_new_patches = int(segmentation.new_patches.max())
-        if max_new_patches == 0:
+        num_pooled = max_new_patches + int(with_open_patch)
+        if num_pooled == 0:
             return cache.latent_keys_values if cache is not None else []
         device = byte_states.device
         batch_size = byte_states.shape[0]
@@ -1111,22 +1209,25 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             history_states = cache.encoder_states[:, window_start : int(byte_ends.max())]
             history_slots = torch.arange(window_start, window_start + history_states.shape[1], device=device)
             in_open_patch = (history_slots >= open_patch_start[:, None]) & (history_slots < byte_ends[:, None])
-            history_patch = torch.where(in_open_patch, 0, max_new_patches)
+            history_patch = torch.where(in_open_patch, 0, num_pooled)
             window_states = torch.cat([history_states.to(byte_states.dtype), byte_states], dim=1)
         else:
             window_states = byte_states
             history_patch = byte_states.new_zeros(batch_size, 0, dtype=torch.long)
         local_patch = segmentation.patch_index - num_patches[:, None]
         slots_new = byte_ends[:, None] + torch.arange(byte_states.shape[1], device=device)
-        closes = (local_patch < segmentation.new_patches[:, None]) & (slots_new >= starts[:, None])
-        local_patch = torch.where(closes, local_patch, max_new_patches)
+        # Bytes after a row's last patch end form its open patch, local index `new_patches`.
+        pooled = slots_new >= starts[:, None]
+        if not with_open_patch:
+            pooled &= local_patch < segmentation.new_patches[:, None]
+        local_patch = torch.where(pooled, local_patch, num_pooled)
         byte_patch_index = torch.cat([history_patch, local_patch], dim=1)
-        patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, max_new_patches)
+        patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, num_pooled)
 
         global_context = build_attention_context(
             torch.zeros_like(num_patches),
             num_patches,
-            max_new_patches,
+            num_pooled,
             None,
             cache.global_transformer if cache is not None else None,
         )
@@ -1136,7 +1237,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             return new_keys_values
         cache.global_transformer.ends = num_patches + segmentation.new_patches
         rows = torch.arange(batch_size, device=device)[:, None]
-        patch_slots = num_patches[:, None] + torch.arange(max_new_patches, device=device)
+        patch_slots = num_patches[:, None] + torch.arange(num_pooled, device=device)
         for (key_buffer, value_buffer), (keys, values) in zip(cache.latent_keys_values, new_keys_values, strict=True):
             key_buffer[rows, patch_slots] = keys.to(key_buffer.dtype)
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
