@@ -1,0 +1,191 @@
+"""Training the entropy patcher and calibrating the patching threshold.
+
+BLT's patcher is a small causal byte LM whose next-byte entropies decide where patches end. Inside
+`BltDiffusionForCausalLM` it is frozen and returns entropies only; here it is wrapped as a language model with logits
+and a loss so that `transformers.Trainer` can train it, before the main model is trained on the patches it defines.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import datasets
+import torch
+from torch import nn
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_outputs import CausalLMOutput
+
+from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, build_attention_context, run_layers
+from .trainer import BltTrainer, TimeLimitCallback, training_arguments
+
+
+class PatcherLanguageModel(nn.Module):
+    """A `BltDiffusionPatcher` seen as a causal byte LM: next-byte logits and a shifted cross-entropy loss.
+
+    The wrapped patcher's parameters are shared, not copied, so training this module trains the patcher in place.
+    The hidden states are those of `BltDiffusionPatcher.forward`, so the entropy of `softmax(logits)` is exactly what
+    the model's patcher computes.
+
+    Args:
+        patcher (`BltDiffusionPatcher`): e.g. `model.model.patcher`.
+    """
+
+    def __init__(self, patcher: BltDiffusionPatcher):
+        super().__init__()
+        self.patcher = patcher
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> CausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids.
+            labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets, shifted inside; -100 to ignore.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding, on the left (positions
+                start at each row's first token) or on the right (give those labels -100).
+
+        Returns:
+            `CausalLMOutput` with `logits` of shape `(batch, seq, vocab)` (the prediction for the byte after each
+            position) and `loss`, the mean next-byte cross-entropy in nats, when `labels` are given.
+        """
+        batch_size, seq_length = input_ids.shape
+        if attention_mask is None:
+            starts = torch.zeros(batch_size, dtype=torch.long, device=input_ids.device)
+        else:
+            # Left padding: the number of leading zeros of each row.
+            starts = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+        no_cache_yet = torch.zeros_like(starts)
+        context = build_attention_context(
+            starts, no_cache_yet, seq_length, self.patcher.config.sliding_window, buffer=None
+        )
+        patcher = self.patcher
+        hidden_states = run_layers(patcher.layers, patcher.rotary_emb, patcher.embed_tokens(input_ids), context)
+        logits = patcher.lm_head(patcher.norm(hidden_states)).float()
+        loss = None if labels is None else ForCausalLMLoss(logits, labels, patcher.config.vocab_size)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+
+@contextlib.contextmanager
+def trainable(module: nn.Module) -> Iterator[nn.Module]:
+    """Let `module`'s parameters take gradients inside the block, and restore each one's `requires_grad` after."""
+    previous = {parameter: parameter.requires_grad for parameter in module.parameters()}
+    module.requires_grad_(True)
+    try:
+        yield module
+    finally:
+        for parameter, requires_grad in previous.items():
+            parameter.requires_grad_(requires_grad)
+
+
+def train_patcher(
+    model: BltDiffusionForCausalLM,
+    train_dataset: datasets.Dataset,
+    output_dir: str,
+    max_steps: int = -1,
+    max_minutes: float | None = None,
+    learning_rate: float = 1e-3,
+    batch_size: int = 8,
+    **training_kwargs,
+) -> PatcherLanguageModel:
+    """Train `model.model.patcher` in place as a next-byte LM with `transformers.Trainer`; it is frozen again after.
+
+    Args:
+        model (`BltDiffusionForCausalLM`): a model with an entropy patcher (`patch_in_forward=True`).
+        train_dataset: rows with `input_ids` and `labels`, e.g. from `pack_byte_sequences`.
+        output_dir (`str`): where the Trainer writes its state; nothing is saved there (the patcher is saved with
+            the model).
+        max_steps (`int`): optimizer steps; the learning-rate schedule spans them. -1 trains one epoch.
+        max_minutes (`float`, *optional*): stop earlier when this much time has passed.
+        learning_rate (`float`): peak learning rate.
+        batch_size (`int`): rows per device and step.
+        training_kwargs: other arguments of `training_arguments` (e.g. `warmup_ratio`, `logging_steps`, `seed`).
+
+    Returns:
+        The `PatcherLanguageModel` that was trained (sharing the patcher's parameters), e.g. to evaluate its loss.
+    """
+    if model.model.patcher is None:
+        raise ValueError("This model has no entropy patcher (`patch_in_forward=False`).")
+    patcher_model = PatcherLanguageModel(model.model.patcher)
+    args = training_arguments(
+        output_dir, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, **training_kwargs
+    )
+    callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
+    with trainable(model.model.patcher):
+        BltTrainer(model=patcher_model, args=args, train_dataset=train_dataset, callbacks=callbacks).train()
+    patcher_model.eval()
+    return patcher_model
+
+
+def mean_patch_length(model: BltDiffusionForCausalLM, entropies: torch.Tensor) -> float:
+    """Mean length of the patches that the model's own segmentation makes from `entropies` (batch, seq) of whole
+    sequences, with the threshold and `max_patch_length` currently in `model.config`. A row's trailing unfinished
+    patch counts as a patch."""
+    batch_size, seq_length = entropies.shape
+    positions = torch.arange(seq_length, device=entropies.device).expand(batch_size, -1)
+    nothing_before = torch.zeros(batch_size, dtype=torch.long, device=entropies.device)
+    segmentation = model.model.segment(
+        entropies,
+        positions,
+        real=torch.ones_like(positions, dtype=torch.bool),
+        open_patch_length=nothing_before,
+        num_patches=nothing_before,
+        frontier=False,
+    )
+    num_patches = segmentation.new_patches + (~segmentation.ends_patch[:, -1]).long()
+    return batch_size * seq_length / int(num_patches.sum())
+
+
+@torch.no_grad()
+def calibrate_patching_threshold(
+    model: BltDiffusionForCausalLM,
+    sample_ids: torch.Tensor,
+    target_bytes_per_patch: float = 4.0,
+    max_patch_length: int | None = 8,
+) -> float:
+    """Set `model.config.patching_threshold` so that patches on `sample_ids` have the target mean length.
+
+    Also sets `model.config.max_patch_length`. The mean patch length only changes when the threshold crosses one of
+    the sample's entropies and grows with it, so a bisection over the sorted entropies finds the threshold whose mean
+    is closest to the target.
+
+    Args:
+        model (`BltDiffusionForCausalLM`): a model with an entropy patcher; modified in place.
+        sample_ids (`torch.Tensor` of shape `(batch, seq)`): representative bytes, without padding.
+        target_bytes_per_patch (`float`): mean patch length to aim for.
+        max_patch_length (`int`, *optional*): longest patch; None for no limit.
+
+    Returns:
+        The threshold now set on `model.config`.
+    """
+    if max_patch_length is not None and target_bytes_per_patch > max_patch_length:
+        raise ValueError(
+            f"`target_bytes_per_patch` ({target_bytes_per_patch}) cannot exceed `max_patch_length` "
+            f"({max_patch_length})."
+        )
+    model.config.max_patch_length = max_patch_length
+    was_training = model.training
+    model.eval()
+    entropies = model.model.patcher_entropies(sample_ids.to(model.device))
+    model.train(was_training)
+    # Position 0 always ends its patch, so its entropy plays no part. Below the lowest candidate every byte is a patch.
+    candidates = torch.unique(entropies[:, 1:].flatten()).tolist()
+    candidates.insert(0, min(candidates) - 1.0)
+
+    def length_at(index: int) -> float:
+        model.config.patching_threshold = candidates[index]
+        return mean_patch_length(model, entropies)
+
+    # The smallest index whose mean length reaches the target (or the last index when none does).
+    low, high = 0, len(candidates) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if length_at(middle) >= target_bytes_per_patch:
+            high = middle
+        else:
+            low = middle + 1
+    if low > 0 and abs(length_at(low - 1) - target_bytes_per_patch) < abs(length_at(low) - target_bytes_per_patch):
+        low -= 1
+    model.config.patching_threshold = candidates[low]
+    return candidates[low]

@@ -1,0 +1,90 @@
+"""A tiny BLT-D model learns a deterministic byte language on the CPU and decodes it in parallel blocks.
+
+The language is records `key=abc;val=abc;end\\n` with random three-letter words: after `key=abc;` the next 16 bytes
+(`val=abc;end\\nkey=`) are fully determined, two blocks of 8. Held-out words never occur in training, so exact
+continuations need the copy rule, not memorisation.
+"""
+
+import random
+
+import torch
+from conftest import BOS
+
+from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
+from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
+
+LETTERS = "abcdefgh"
+TRAINING_STEPS = 400
+BATCH_SIZE = 8
+RECORDS_PER_ROW = 6
+
+
+def record(word: str) -> str:
+    return f"key={word};val={word};end\n"
+
+
+def records(rng: random.Random, words: list[str], count: int) -> str:
+    return "".join(record(rng.choice(words)) for _ in range(count))
+
+
+def byte_ids(text: str) -> list[int]:
+    return [BOS] + [byte + 4 for byte in text.encode()]
+
+
+def split_words() -> tuple[list[str], list[str]]:
+    words = [a + b + c for a in LETTERS for b in LETTERS for c in LETTERS]
+    random.Random(0).shuffle(words)
+    return words[32:], words[:32]
+
+
+def train_tiny_blt_d(train_words: list[str]) -> BltDiffusionForCausalLM:
+    torch.manual_seed(0)
+    # Copying a byte 8 positions back needs RoPE frequencies that resolve short distances: BLT's theta of 500000
+    # leaves 16-dimensional heads about two such pairs, 10000 leaves four.
+    local = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, rope_parameters={"rope_theta": 10000.0})
+    blt_config = tiny_blt_config(
+        encoder_config=local,
+        decoder_config=dict(local, num_hidden_layers=3),
+        global_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2),
+    )
+    model = BltDiffusionForCausalLM(BltDiffusionConfig.from_blt_config(blt_config, diffusion_block_size=8))
+    sample = torch.tensor([byte_ids(records(random.Random(1), train_words, 40))])
+    calibrate_random_model(model, sample, bytes_per_patch=4.0, head_gain=1.0)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
+    data_rng = random.Random(2)
+    model.train()
+    for _ in range(TRAINING_STEPS):
+        batch = torch.tensor([byte_ids(records(data_rng, train_words, RECORDS_PER_ROW)) for _ in range(BATCH_SIZE)])
+        output = model(batch, labels=batch)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_per_call():
+    train_words, heldout_words = split_words()
+    model = train_tiny_blt_d(train_words)
+
+    exact, decoder_calls = 0, 0
+    for index, word in enumerate(heldout_words):
+        prompt = torch.tensor([byte_ids(records(random.Random(100 + index), train_words, 3) + f"key={word};")])
+        expected = [byte + 4 for byte in f"val={word};end\nkey=".encode()]
+        output = model.generate(
+            prompt,
+            decoding="diffusion",
+            block_size=8,
+            unmasking="confidence",
+            confidence_threshold=0.7,
+            max_new_tokens=len(expected),
+            min_new_tokens=len(expected),
+            return_dict_in_generate=True,
+        )
+        exact += output.sequences[0, prompt.shape[1] :].tolist() == expected
+        decoder_calls += int(output.decoder_nfe[0])
+        assert int(output.global_nfe[0]) == 2
+    bytes_per_decoder_call = 16 * len(heldout_words) / decoder_calls
+    assert exact == len(heldout_words), f"{exact}/{len(heldout_words)} exact continuations"
+    assert bytes_per_decoder_call > 2, bytes_per_decoder_call
