@@ -23,7 +23,7 @@ import torch
 from transformers import set_seed
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
-from blt_diffusion.random_init import benchmark_blt_config, tiny_blt_config
+from blt_diffusion.random_init import benchmark_blt_config, small_blt_config, tiny_blt_config
 from blt_diffusion.training import (
     calibrate_patching_threshold,
     heldout_bits_per_byte,
@@ -34,13 +34,13 @@ from blt_diffusion.training import (
 )
 from blt_diffusion.training.data import evenly_spaced_rows
 
-CONFIGS = {"tiny": tiny_blt_config, "benchmark": benchmark_blt_config}
+CONFIGS = {"tiny": tiny_blt_config, "small": small_blt_config, "benchmark": benchmark_blt_config}
 # Per configuration, steps that roughly fill the default time limits on 2 CPU cores with 8 x 512-byte batches
 # (measured with block size 8: about 1.6 s per step for the tiny model, 9-14 s for the 40M one; its patcher about
 # 0.5-0.8 s), and peak learning rates: short runs of small models take high rates.
-DEFAULT_MAX_STEPS = {"tiny": 600, "benchmark": 120}
-DEFAULT_PATCHER_MAX_STEPS = {"tiny": 1000, "benchmark": 300}
-DEFAULT_LEARNING_RATE = {"tiny": 3e-3, "benchmark": 1e-3}
+DEFAULT_MAX_STEPS = {"tiny": 600, "small": 300, "benchmark": 120}
+DEFAULT_PATCHER_MAX_STEPS = {"tiny": 1000, "small": 400, "benchmark": 300}
+DEFAULT_LEARNING_RATE = {"tiny": 3e-3, "small": 2e-3, "benchmark": 1e-3}
 
 
 def parse_args() -> argparse.Namespace:

@@ -9,7 +9,7 @@ from conftest import PARITY_CONFIGS, build_pair, diffusion_model_from, source_te
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
-from blt_diffusion.modeling_blt_diffusion import DiffusionBlocks, diffusion_attention_mask
+from blt_diffusion.modeling_blt_diffusion import BlockDiffusionLayout, DiffusionBlocks, block_diffusion_attention
 
 BLOCK_SIZE = 6
 
@@ -134,7 +134,7 @@ def test_no_cell_may_attend_its_own_clean_twin_or_anything_after_its_block_start
     input_ids = text_ids(source_text(150))
     blocks = sampled_blocks(model, input_ids)
     num_clean = input_ids.shape[1]
-    mask = diffusion_attention_mask(torch.zeros(1, dtype=torch.long), num_clean, blocks, None)[0, 0]
+    mask = BlockDiffusionLayout.build(torch.zeros(1, dtype=torch.long), num_clean, blocks, None).dense_mask()[0, 0]
     cell_rows = mask[num_clean:, :num_clean]
     anchors = blocks.starts[0].repeat_interleave(BLOCK_SIZE)
     clean_slots = torch.arange(num_clean)
@@ -281,3 +281,22 @@ def test_a_cache_with_the_diffusion_objective_is_refused(models):
     input_ids = text_ids(source_text(30))
     with pytest.raises(ValueError, match="whole sequences"):
         copy.deepcopy(model)(input_ids, labels=input_ids, use_cache=True)
+
+
+def test_attention_in_parts_equals_dense_attention_under_the_full_mask(models):
+    _, model = models
+    input_ids = torch.cat([text_ids(source_text(90, 10)), text_ids(source_text(90, 500))])
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :7] = 0
+    encoded = model.model.encode(input_ids, attention_mask=attention_mask)
+    blocks = model.sample_diffusion_blocks(input_ids, input_ids, attention_mask, encoded)
+    layout = BlockDiffusionLayout.build(encoded.starts, input_ids.shape[1], blocks, window=16)
+    dense = layout.dense_mask()
+    num_positions = dense.shape[-1]
+    query, key, value = torch.randn(3, 2, 4, num_positions, 8, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=dense)
+    torch.testing.assert_close(block_diffusion_attention(query, key, value, layout, 0.0), expected)
+    # Every cell sees the real cells of its own block (a padding cell also itself), and nothing of other blocks.
+    cells = dense[:, 0, input_ids.shape[1] :, input_ids.shape[1] :]
+    expected_pairs = blocks.valid.sum() * blocks.block_size + (~blocks.valid).sum()
+    assert int(cells.sum()) == int(expected_pairs)

@@ -6,7 +6,6 @@ import json
 import math
 import sysconfig
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -103,25 +102,20 @@ def test_packing_the_stdlib_is_deterministic(stdlib_splits, training_rows):
     assert bytes((stream[1:] - 4).tolist()) == stdlib_splits["train"][0].read_bytes()[: len(stream) - 1]
 
 
-def test_heldout_bits_per_byte_converts_the_mean_loss_and_prefers_the_clean_loss(tiny_model, training_rows):
+def test_heldout_bits_per_byte_is_the_next_byte_loss_in_bits(tiny_model, diffusion_model, training_rows):
     rows = torch.tensor(training_rows["input_ids"][:6])
     with torch.no_grad():
         loss = float(tiny_model(rows, labels=rows).loss)
+        clean_loss = float(diffusion_model(rows, labels=rows).clean_loss)
     # Batches of 4 and 2 rows of equally many targets average to the loss of all 6 at once.
     assert heldout_bits_per_byte(tiny_model, training_rows.select(range(6)), batch_size=4) == pytest.approx(
         loss / math.log(2), rel=1e-5
     )
     assert heldout_bits_per_byte(tiny_model, rows.tolist(), batch_size=6, max_rows=3) > 0
-
-    class BltDLike(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, input_ids, labels):
-            return SimpleNamespace(loss=torch.tensor(5.0), clean_loss=torch.tensor(math.log(2)))
-
-    assert heldout_bits_per_byte(BltDLike(), rows, batch_size=4) == pytest.approx(1.0)
+    # A BLT-D model is scored on its clean (autoregressive) loss alone.
+    assert heldout_bits_per_byte(diffusion_model, rows, batch_size=4) == pytest.approx(
+        clean_loss / math.log(2), rel=1e-5
+    )
 
 
 def test_patcher_language_model_entropies_are_the_models_patcher_entropies(tiny_model):

@@ -172,6 +172,7 @@ class AttentionContext:
     every query may attend every key. When `buffer` is set, new keys are written at `write_slots` (batch, new), or
     at `[shared_write_start, shared_write_start + new)` when all rows write there, and attention reads slots
     `[key_start, key_end)`; otherwise the new keys are all there is (full-sequence forward without a cache).
+    `block_layout` replaces `mask` in block-diffusion training (see `BlockDiffusionLayout`).
     """
 
     position_ids: torch.Tensor
@@ -181,6 +182,7 @@ class AttentionContext:
     shared_write_start: int | None = None
     key_start: int = 0
     key_end: int = 0
+    block_layout: "BlockDiffusionLayout | None" = None
 
     def keys_values(
         self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
@@ -306,6 +308,16 @@ class BltDiffusionSelfAttention(nn.Module):
         value = self.v_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         key, value = context.keys_values(self.layer_idx, key, value)
+        if context.block_layout is not None:
+            group = self.num_heads // self.num_key_value_heads
+            attn_output = block_diffusion_attention(
+                query,
+                key.repeat_interleave(group, dim=1),
+                value.repeat_interleave(group, dim=1),
+                context.block_layout,
+                self.dropout if self.training else 0.0,
+            )
+            return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
         attn_output = F.scaled_dot_product_attention(
             query,
             key,
@@ -803,40 +815,95 @@ def patch_start_slots(ends_patch: torch.Tensor, real: torch.Tensor) -> torch.Ten
     return ordered.masked_fill(ordered >= ends_patch.shape[1], -1)
 
 
-def diffusion_attention_mask(
-    starts: torch.Tensor, num_clean: int, blocks: DiffusionBlocks, window: int | None
-) -> torch.Tensor:
-    """Decoder self-attention for training on [clean bytes ; block cells], (batch, 1, queries, keys) boolean.
+@dataclass
+class BlockDiffusionLayout:
+    """Who may attend whom in a training pass over [clean bytes ; block cells], kept in parts so that attention
+    never scores the pairs that are always excluded (clean bytes reading cells, cells reading other blocks).
 
-    Clean bytes attend clean bytes causally. A cell attends the cells of its own block (bidirectionally, those
-    inside the row) and the clean bytes strictly before its block's anchor, never its own clean twin or anything
-    after it. With a `window`, no query reads a key more than `window - 1` positions behind it, as in decoding.
+    Clean bytes attend clean bytes causally (`clean_mask`). A cell attends the clean bytes strictly before its
+    block's anchor (`cells_to_clean`), never its own clean twin or anything after it, and the cells of its own
+    block bidirectionally (`cells_to_block`). With a window W, no query reads a clean key W or more positions behind.
 
-    Args:
-        starts (`torch.Tensor` of shape `(batch,)`): first real slot of each row.
-        num_clean (`int`): clean slots.
-        blocks (`DiffusionBlocks`): the blocks.
-        window (`int`, *optional*): the decoder's sliding window.
+    `clean_mask` (batch, 1, clean, clean) or None when all may attend; `cells_to_clean` (batch, 1, cells, clean);
+    `cells_to_block` (batch, 1, blocks, B, B); padding cells are no key but themselves.
     """
-    device = starts.device
-    clean_slots = torch.arange(num_clean, device=device).expand(starts.shape[0], -1)
-    cell_slots = blocks.cell_slots()
-    anchors = blocks.starts.repeat_interleave(blocks.block_size, dim=1)
-    block_ids = torch.arange(blocks.starts.shape[1], device=device).repeat_interleave(blocks.block_size)
-    block_ids = block_ids.expand_as(cell_slots)
 
-    query_slots = torch.cat([clean_slots, cell_slots], dim=1)
-    # A clean query reads clean keys up to itself; a cell reads clean keys before its anchor.
-    clean_limit = torch.cat([clean_slots, anchors - 1], dim=1)
-    clean_keys = (clean_slots[:, None, :] <= clean_limit[:, :, None]) & (clean_slots >= starts[:, None])[:, None, :]
-    if window is not None:
-        clean_keys &= clean_slots[:, None, :] > query_slots[:, :, None] - window
-    query_block = torch.cat([torch.full_like(clean_slots, -1), block_ids], dim=1)
-    cell_keys = (query_block[:, :, None] == block_ids[:, None, :]) & blocks.valid.flatten(1)[:, None, :]
-    allowed = torch.cat([clean_keys, cell_keys], dim=2)
-    # Queries that may read nothing (padding) read themselves, which keeps them finite and harmless.
-    allowed |= torch.eye(allowed.shape[1], dtype=torch.bool, device=device)
-    return allowed[:, None]
+    num_clean: int
+    block_size: int
+    clean_mask: torch.Tensor | None
+    cells_to_clean: torch.Tensor
+    cells_to_block: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, starts: torch.Tensor, num_clean: int, blocks: DiffusionBlocks, window: int | None
+    ) -> "BlockDiffusionLayout":
+        """Layout for `blocks` over `num_clean` clean slots whose rows start at `starts` (batch,)."""
+        device = starts.device
+        clean_context = build_attention_context(starts, torch.zeros_like(starts), num_clean, window, None)
+        clean_slots = torch.arange(num_clean, device=device)
+        cell_slots = blocks.cell_slots()
+        anchors = blocks.starts.repeat_interleave(blocks.block_size, dim=1)
+        cells_to_clean = (clean_slots < anchors[..., None]) & (clean_slots >= starts[:, None, None])
+        if window is not None:
+            cells_to_clean &= clean_slots > cell_slots[..., None] - window
+        own = torch.eye(blocks.block_size, dtype=torch.bool, device=device)
+        cells_to_block = blocks.valid[:, :, None, :] | own
+        return cls(
+            num_clean=num_clean,
+            block_size=blocks.block_size,
+            clean_mask=clean_context.mask,
+            cells_to_clean=cells_to_clean[:, None],
+            cells_to_block=cells_to_block[:, None],
+        )
+
+    def dense_mask(self) -> torch.Tensor:
+        """The whole boolean mask, (batch, 1, clean + cells, clean + cells): for inspection and tests."""
+        batch_size, _, num_blocks, block_size, _ = self.cells_to_block.shape
+        num_cells = num_blocks * block_size
+        device = self.cells_to_clean.device
+        clean_mask = self.clean_mask
+        if clean_mask is None:
+            clean_mask = torch.ones(batch_size, 1, self.num_clean, self.num_clean, dtype=torch.bool, device=device)
+        cells_to_cells = torch.zeros(
+            batch_size, 1, num_blocks, block_size, num_blocks, block_size, dtype=torch.bool, device=device
+        )
+        blocks = torch.arange(num_blocks, device=device)
+        # Indexing two separated dimensions moves the block dimension to the front.
+        cells_to_cells[:, :, blocks, :, blocks, :] = self.cells_to_block.permute(2, 0, 1, 3, 4)
+        cells_to_cells = cells_to_cells.reshape(batch_size, 1, num_cells, num_cells)
+        clean_rows = torch.cat([clean_mask, clean_mask.new_zeros(batch_size, 1, self.num_clean, num_cells)], dim=3)
+        cell_rows = torch.cat([self.cells_to_clean, cells_to_cells], dim=3)
+        return torch.cat([clean_rows, cell_rows], dim=2)
+
+
+def block_diffusion_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: BlockDiffusionLayout, dropout: float
+) -> torch.Tensor:
+    """Attention over [clean bytes ; block cells] in parts: (batch, heads, clean + cells, head_dim) queries, keys and
+    values with as many heads -> (batch, heads, clean + cells, head_dim).
+
+    Cells score only the clean keys and their own block's keys, (cells x clean) + (cells x B) instead of the dense
+    (clean + cells)^2, which is what makes training with large blocks affordable.
+    """
+    num_clean, block_size = layout.num_clean, layout.block_size
+    clean_keys, clean_values = key[:, :, :num_clean], value[:, :, :num_clean]
+    clean_output = F.scaled_dot_product_attention(
+        query[:, :, :num_clean], clean_keys, clean_values, attn_mask=layout.clean_mask, dropout_p=dropout
+    )
+    scale = query.shape[-1] ** -0.5
+    cell_queries = query[:, :, num_clean:].unflatten(2, (-1, block_size))
+    block_keys = key[:, :, num_clean:].unflatten(2, (-1, block_size))
+    block_values = value[:, :, num_clean:].unflatten(2, (-1, block_size))
+    scores_clean = (cell_queries.flatten(2, 3) @ clean_keys.transpose(-1, -2)) * scale
+    scores_clean = scores_clean.masked_fill(~layout.cells_to_clean, float("-inf"))
+    scores_block = (cell_queries @ block_keys.transpose(-1, -2)) * scale
+    scores_block = scores_block.masked_fill(~layout.cells_to_block, float("-inf")).flatten(2, 3)
+    weights = torch.cat([scores_clean, scores_block], dim=-1).softmax(dim=-1, dtype=torch.float32)
+    weights = F.dropout(weights.to(query.dtype), p=dropout)
+    cell_output = weights[..., :num_clean] @ clean_values
+    cell_output = cell_output + (weights[..., num_clean:].unflatten(2, (-1, block_size)) @ block_values).flatten(2, 3)
+    return torch.cat([clean_output, cell_output], dim=2)
 
 
 class BltDiffusionPreTrainedModel(PreTrainedModel):
@@ -1089,7 +1156,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
         Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
         `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent of the patch ending just
-        before their block, and attend as `diffusion_attention_mask` allows.
+        before their block, and attend as `BlockDiffusionLayout` allows.
 
         Returns:
             clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
@@ -1111,7 +1178,10 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
         context = AttentionContext(
             position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
-            mask=diffusion_attention_mask(encoded.starts, num_clean, blocks, self.config.local_attention_window_len),
+            mask=None,
+            block_layout=BlockDiffusionLayout.build(
+                encoded.starts, num_clean, blocks, self.config.local_attention_window_len
+            ),
         )
         states = self.local_decoder(
             decoder_inputs, gather_latents(encoded.latent_keys_values, latent_targets), context

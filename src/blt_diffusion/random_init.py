@@ -49,6 +49,22 @@ def benchmark_blt_config(**overrides) -> BltConfig:
     return _build_config(sizes, overrides)
 
 
+def small_blt_config(**overrides) -> BltConfig:
+    """A ~10M-parameter BLT sized to train from scratch on 2 CPU cores in tens of minutes: patcher 128x2, encoder
+    128x1, decoder 128x3, global 384x4, hash vocabulary 4096, patches of at most 8 bytes."""
+    sizes = dict(
+        max_position_embeddings=4096,
+        local_attention_window_len=256,
+        encoder_hash_byte_group_vocab=4096,
+        max_patch_length=8,
+        patcher_config=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=341),
+        encoder_config=dict(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=341),
+        decoder_config=dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=341),
+        global_config=dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1024),
+    )
+    return _build_config(sizes, overrides)
+
+
 def _build_config(sizes: dict, overrides: dict) -> BltConfig:
     """Entropy patching, the byte special ids and `sizes`, then `overrides` (sub-config overrides are merged field by
     field). The local modules must know the global width, which stock BLT does not derive, so it is set here."""
