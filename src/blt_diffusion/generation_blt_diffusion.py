@@ -25,8 +25,9 @@ class BltDiffusionGenerationConfig(GenerationConfig):
         Which strategy produces bytes. See `DECODING_STRATEGIES` for what this version provides.
     block_size (`int`, *optional*):
         Bytes per diffusion block; defaults to the model's `diffusion_block_size`.
-    unmasking (`str`, *optional*, defaults to `"confidence"`):
-        Diffusion unmasking rule: `"confidence"`, `"entropy_bound"` or `"one_step"`.
+    unmasking (`str`, *optional*):
+        Diffusion unmasking rule: `"confidence"` (the default for `"diffusion"`), `"entropy_bound"` or `"one_step"`
+        (the default for `"diffusion_verified"`).
     confidence_threshold (`float`, *optional*, defaults to 0.7):
         Confidence above which the `"confidence"` rule commits a masked byte.
     entropy_bound (`float`, *optional*, defaults to 1.0):
@@ -39,7 +40,7 @@ class BltDiffusionGenerationConfig(GenerationConfig):
         self,
         decoding: str = "autoregressive",
         block_size: int | None = None,
-        unmasking: str = "confidence",
+        unmasking: str | None = None,
         confidence_threshold: float = 0.7,
         entropy_bound: float = 1.0,
         draft_length: int = 8,
@@ -61,8 +62,8 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             raise ValueError(
                 f"Unknown decoding strategy {decoding!r}; this version provides {sorted(DECODING_STRATEGIES)}."
             )
-        unmasking = getattr(self, "unmasking", "confidence")
-        if unmasking not in UNMASKING_RULES:
+        unmasking = getattr(self, "unmasking", None)
+        if unmasking is not None and unmasking not in UNMASKING_RULES:
             raise ValueError(f"Unknown unmasking rule {unmasking!r}; choose one of {sorted(UNMASKING_RULES)}.")
         block_size = getattr(self, "block_size", None)
         if block_size is not None and block_size < 1:
@@ -104,8 +105,12 @@ class BltDiffusionGenerateOutput(ModelOutput):
     patcher_nfe (`torch.LongTensor`): entropy-model calls.
     memory_bandwidth_gb (`torch.FloatTensor`): the paper's estimated parameter traffic (Eq. 8) in GB,
         `2 * (decoder_nfe * P_dec + global_nfe * (P_enc + P_glob)) / 1e9`.
-    scores (`tuple[torch.FloatTensor]`, *optional*): processed next-byte scores per step, with `output_scores=True`.
-    logits (`tuple[torch.FloatTensor]`, *optional*): raw next-byte logits per step, with `output_logits=True`.
+    acceptance_rate (`torch.FloatTensor`, *optional*): speculative strategies only, the share of drafted bytes that
+        verification kept.
+    scores (`tuple[torch.FloatTensor]`, *optional*): processed scores per decoder call, with `output_scores=True`:
+        (batch, vocab) for autoregressive decoding, (batch, block, vocab) for every cell of a diffusion step.
+    logits (`tuple[torch.FloatTensor]`, *optional*): raw logits per decoder call, with `output_logits=True`, shaped
+        as `scores`.
     cache (`BltDiffusionCache`, *optional*): the cache at the end of generation.
     """
 
@@ -114,6 +119,7 @@ class BltDiffusionGenerateOutput(ModelOutput):
     global_nfe: torch.LongTensor | None = None
     patcher_nfe: torch.LongTensor | None = None
     memory_bandwidth_gb: torch.FloatTensor | None = None
+    acceptance_rate: torch.FloatTensor | None = None
     scores: tuple[torch.FloatTensor, ...] | None = None
     logits: tuple[torch.FloatTensor, ...] | None = None
     cache: object | None = None
@@ -270,6 +276,10 @@ class DecodingStrategy:
         """The rows took `taken` (batch,) of the offered `tokens` (batch, n); bring the model up to date."""
         raise NotImplementedError
 
+    def acceptance_rate(self) -> torch.Tensor | None:
+        """Per row, the share of drafted bytes that verification kept; None for strategies that do not draft."""
+        return None
+
     def choose(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
         """Pick the next byte from raw logits (batch, vocab): processors, then greedy or sampling."""
         scores = self.logits_processor(state.right_aligned(), logits)
@@ -347,28 +357,24 @@ UNMASKING_RULES = {
 }
 
 
-class DiffusionDecoding(DecodingStrategy):
-    """BLT-D block diffusion (the paper's Algorithm 1): per block, one encoder+global call and a few decoder calls.
+class BlockDenoiser:
+    """Fills a block of masked cells after the cache's bytes by iterative unmasking (Algorithm 1's inner loop).
 
-    Each block starts as `block_size` masked cells after the committed bytes. Every decoder call predicts all cells
-    at once (bidirectional attention within the block, every cell reading the newest latent); the unmasking rule
-    fixes some of them, and the block is done when none is masked. Committed blocks are then appended to the cache:
-    the patcher and encoder read them, patches they close are encoded globally once, and the open patch gets a
-    provisional latent for the next block, all in one encoder+global call.
-
-    Which cells to unmask is decided on the model's own distribution (confidence = its largest probability, entropy
-    of its full distribution); the byte written into a cell is the argmax, or a sample with `do_sample`, of the
-    distribution after the logits processors (temperature, top-k, top-p, repetition penalty).
+    Every decoder call predicts all cells at once (bidirectional attention within the block, every cell reading the
+    newest latent); the unmasking rule fixes some of them, and the block is done when none is masked. Which cells to
+    unmask is decided on the model's own distribution (confidence = its largest probability, entropy of its full
+    distribution); the byte written into a cell is the argmax, or a sample with `do_sample`, of the distribution
+    after the logits processors (temperature, top-k, top-p, repetition penalty).
     """
 
-    name = "diffusion"
-
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        config = self.model.config
-        trained_block_size = config.diffusion_block_size
+    def __init__(self, strategy: DecodingStrategy, default_unmasking: str):
+        self.model = strategy.model
+        self.generation_config = strategy.generation_config
+        self.logits_processor = strategy.logits_processor
+        trained_block_size = self.model.config.diffusion_block_size
         if trained_block_size <= 0:
             raise ValueError(
-                f"decoding={self.name!r} needs a model trained with the block-diffusion objective "
+                f"decoding={strategy.name!r} needs a model trained with the block-diffusion objective "
                 "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
             )
         self.block_size = self.generation_config.block_size or trained_block_size
@@ -377,29 +383,23 @@ class DiffusionDecoding(DecodingStrategy):
                 f"`block_size` must be between 1 and the trained block size {trained_block_size}, got "
                 f"{self.block_size}."
             )
-        self.select, knob = UNMASKING_RULES[self.generation_config.unmasking]
+        self.unmasking = self.generation_config.unmasking or default_unmasking
+        self.select, knob = UNMASKING_RULES[self.unmasking]
         self.knob = getattr(self.generation_config, knob) if knob is not None else 0.0
-        self.mask_id = config.diffusion_mask_id
-        self.cache = self.model.new_cache(
-            input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens + self.block_size, device=input_ids.device
-        )
-        self.model.model.encode(input_ids, self.cache, attention_mask, with_open_patch=True)
-        state.count_calls(global_=1, patcher=1)
+        self.mask_id = self.model.config.diffusion_mask_id
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
-        remaining = state.max_new_tokens - state.num_generated
-        block_size = min(self.block_size, int(remaining[state.unfinished].max()))
+    def denoise(self, state: GenerationState, cache, block_size: int) -> torch.Tensor:
+        """Cells (batch, block_size) for every running row, counting one decoder call per step per running row.
+        Finished rows ride along in lockstep without steering the loop; their cells come back as padding."""
         batch_size = state.sequences.shape[0]
         cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
-        # Finished rows ride along in lockstep without steering the loop.
         masked = state.unfinished[:, None].expand_as(cells).clone()
         while bool(masked.any()):
-            hidden_states = self.model.model.decode_block(self.cache, cells)
-            logits = self.model.lm_head(hidden_states).float()
+            logits = self.model.lm_head(self.model.model.decode_block(cache, cells)).float()
             state.count_calls(decoder=masked.any(dim=1).long())
             tokens = self.choose_cells(state, logits)
             probabilities = logits.softmax(dim=-1)
-            if self.generation_config.unmasking == "entropy_bound":
+            if self.unmasking == "entropy_bound":
                 scores = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
             else:
                 scores = probabilities.max(dim=-1).values
@@ -408,8 +408,7 @@ class DiffusionDecoding(DecodingStrategy):
             masked &= ~unmask
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
-        # Finished rows never decoded their cells; they are fed padding, which nobody reads.
-        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), None
+        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
 
     def choose_cells(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
         """Pick a byte for every cell from raw logits (batch, block, vocab): processors, then greedy or sampling."""
@@ -424,13 +423,167 @@ class DiffusionDecoding(DecodingStrategy):
             return torch.multinomial(scores.flatten(0, 1).softmax(dim=-1), num_samples=1).view(batch_size, block_size)
         return scores.argmax(dim=-1)
 
+
+class DiffusionDecoding(DecodingStrategy):
+    """BLT-D block diffusion (the paper's Algorithm 1): per block, one encoder+global call and a few decoder calls.
+
+    Each block starts as `block_size` masked cells after the committed bytes and is filled by `BlockDenoiser`
+    (`unmasking="confidence"` by default). Committed blocks are then appended to the cache: the patcher and encoder
+    read them, patches they close are encoded globally once, and the open patch gets a provisional latent for the
+    next block, all in one encoder+global call.
+    """
+
+    name = "diffusion"
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.denoiser = BlockDenoiser(self, default_unmasking="confidence")
+        self.cache = self.model.new_cache(
+            input_ids.shape[0],
+            input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
+            device=input_ids.device,
+        )
+        self.model.model.encode(input_ids, self.cache, attention_mask, with_open_patch=True)
+        state.count_calls(global_=1, patcher=1)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+        remaining = state.max_new_tokens - state.num_generated
+        block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
+        return self.denoiser.denoise(state, self.cache, block_size), None
+
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         self.model.model.encode(tokens, self.cache, with_open_patch=True)
         state.count_calls(global_=1, patcher=1)
 
 
+class SelfSpeculativeDecoding(DecodingStrategy):
+    """BLT-S (the paper's Algorithm 2): the local decoder drafts `draft_length` bytes past patch boundaries on the
+    last closed latent, and one causal pass of the whole model verifies them.
+
+    A round: (1) the byte committed last (the previous round's correction) is appended with a normal forward, which
+    gives the exact next-byte prediction, the first draft byte; (2) the encoder and decoder alone draft the
+    remaining bytes, every one reading the last closed latent, as bytes of an open patch do; (3) the drafted bytes
+    are rolled back and appended again with a full forward (patcher, encoder, global transformer on the patches they
+    close, decoder), which gives the model's own choice after each; (4) drafted bytes are kept up to the first
+    disagreement, then the model's own byte is appended (a free byte when all agree), and the caches are cropped to
+    the kept bytes. Greedy output is identical to autoregressive decoding.
+
+    Cost fields count real calls, which match the paper's accounting: per round two encoder+global calls and
+    `draft_length + 1` decoder calls (verification included). The global transformer really runs only on patches
+    that close.
+    """
+
+    name = "self_speculative"
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        if self.generation_config.do_sample:
+            raise ValueError(
+                f"decoding={self.name!r} verifies greedy drafts; sampling is not supported yet. Use do_sample=False "
+                "or decoding='autoregressive'."
+            )
+        batch_size = input_ids.shape[0]
+        capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
+        self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
+        self.next_logits = self.append(input_ids, attention_mask)
+        state.count_calls(decoder=1, global_=1, patcher=1)
+        self.drafted = torch.zeros(batch_size, dtype=torch.long, device=input_ids.device)
+        self.accepted = torch.zeros_like(self.drafted)
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.draft_length
+
+    def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
+        hidden_states = self.model.model(input_ids, self.cache, attention_mask)
+        return self.model.lm_head(hidden_states[:, -1]).float()
+
+    def choose_after(self, history: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy choice after `history` (batch, seq) from raw logits (batch, vocab), through the processors."""
+        return self.logits_processor(history, logits).argmax(dim=-1)
+
+    def draft(self, state: GenerationState, draft_length: int) -> torch.Tensor:
+        """Draft bytes (batch, draft_length) with the encoder and decoder alone; the caches are left as found."""
+        lengths = self.cache.lengths()
+        history = state.right_aligned()
+        drafted = [self.choose_after(history, self.next_logits)]
+        for _ in range(draft_length - 1):
+            hidden_states = self.model.model.draft_byte(self.cache, drafted[-1][:, None])
+            history = torch.cat([history, drafted[-1][:, None]], dim=1)
+            drafted.append(self.choose_after(history, self.model.lm_head(hidden_states[:, -1]).float()))
+        self.cache.crop(lengths)
+        state.count_calls(decoder=draft_length - 1)
+        return torch.stack(drafted, dim=1)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
+        remaining = state.max_new_tokens - state.num_generated
+        draft_length = max(1, min(self.max_draft_length(), int(remaining[state.unfinished].max())))
+        return self.verify(state, self.draft(state, draft_length))
+
+    def verify(self, state: GenerationState, drafted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep drafted bytes (batch, n) up to the first one the model would not have chosen, then the model's own
+        byte; returns the bytes offered per row (batch, n + 1) and how many count (batch,)."""
+        lengths = self.cache.lengths()
+        history = state.right_aligned()
+        first_choice = self.choose_after(history, self.next_logits)
+        hidden_states = self.model.model(drafted, self.cache, stepwise=True)
+        verify_logits = self.model.lm_head(hidden_states).float()
+        state.count_calls(decoder=1, global_=1, patcher=1)
+        later_choices = [
+            self.choose_after(torch.cat([history, drafted[:, : index + 1]], dim=1), verify_logits[:, index])
+            for index in range(drafted.shape[1])
+        ]
+        choices = torch.stack([first_choice] + later_choices, dim=1)
+        accepted = (drafted == choices[:, :-1]).long().cumprod(dim=1).sum(dim=1)
+        tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
+        tokens.scatter_(1, accepted[:, None], choices.gather(1, accepted[:, None]))
+        running = state.unfinished.long()
+        self.drafted += running * drafted.shape[1]
+        self.accepted += running * accepted
+        self.kept_lengths = lengths + accepted
+        return tokens, accepted + 1
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        self.cache.crop(self.kept_lengths)
+        self.next_logits = self.append(tokens.gather(1, (taken - 1).clamp(min=0)[:, None]))
+        state.count_calls(decoder=1, global_=1, patcher=1)
+
+    def acceptance_rate(self) -> torch.Tensor:
+        """Per row, the share of drafted bytes that verification kept, (batch,)."""
+        return self.accepted.double() / self.drafted.clamp(min=1)
+
+
+class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
+    """BLT-DV: a BLT-D block drafted by diffusion (`unmasking="one_step"` by default), verified as in BLT-S. Greedy
+    output is identical to autoregressive decoding of the same model.
+
+    A round costs two encoder+global calls and s + 2 decoder calls, s the denoising steps: one more than the
+    paper's s + 1, the exact next-byte prediction after the previous round's correction, which the paper's uncached
+    verification gets from recomputing the whole sequence.
+    """
+
+    name = "diffusion_verified"
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.denoiser = BlockDenoiser(self, default_unmasking="one_step")
+        super().start(state, input_ids, attention_mask)
+
+    def max_draft_length(self) -> int:
+        return self.denoiser.block_size
+
+    def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """As for BLT-S, and give the open patch the provisional latent that the next diffusion block reads."""
+        hidden_states = self.model.model(input_ids, self.cache, attention_mask, with_open_patch=True)
+        return self.model.lm_head(hidden_states[:, -1]).float()
+
+    def draft(self, state: GenerationState, draft_length: int) -> torch.Tensor:
+        lengths = self.cache.lengths()
+        drafted = self.denoiser.denoise(state, self.cache, draft_length)
+        self.cache.crop(lengths)
+        return drafted
+
+
 DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
-    strategy.name: strategy for strategy in (AutoregressiveDecoding, DiffusionDecoding)
+    strategy.name: strategy
+    for strategy in (AutoregressiveDecoding, DiffusionDecoding, SelfSpeculativeDecoding, DiffusionVerifiedDecoding)
 }
 
 # Keyword arguments `generate` accepts besides generation-config fields; anything else is a typo worth reporting.
@@ -543,6 +696,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             global_nfe=state.global_nfe,
             patcher_nfe=state.patcher_nfe,
             memory_bandwidth_gb=counts.bandwidth_gb(state.decoder_nfe, state.global_nfe),
+            acceptance_rate=strategy.acceptance_rate(),
             scores=tuple(state.scores) if generation_config.output_scores else None,
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,
             cache=strategy.cache,

@@ -246,39 +246,42 @@ def build_attention_context(
     )
 
 
-def build_block_attention_context(
+def build_query_attention_context(
     starts: torch.Tensor,
-    clean_start: int,
-    block_start: int,
-    block_size: int,
+    query_slots: torch.Tensor,
+    visible_until: torch.Tensor,
     sliding_window: int | None,
     buffer: KeyValueBuffer,
+    write_slots: torch.Tensor | None = None,
+    shared_write_start: int | None = None,
 ) -> AttentionContext:
-    """Decoder context for clean bytes at slots `[clean_start, block_start)` followed by a diffusion block at
-    `[block_start, block_start + block_size)`, all rows aligned on the same slots.
+    """Context for queries that do not simply extend the cache causally (diffusion blocks, verification twins).
 
-    A clean query at slot q attends slots `starts[r] <= s <= q`; a cell attends every real slot before the block
-    and every cell of the block. With a window W, no query reads a key more than W - 1 slots behind it.
+    Query i of row r stands at slot `query_slots[r, i]` (its position), writes its keys at `write_slots[r, i]`
+    (default: its own slot) and reads the real slots before `visible_until[r, i]` plus its own key; with a window W,
+    nothing W or more slots behind it. Pass `shared_write_start` when every row writes at that slot onwards.
+
+    Args:
+        starts (`torch.Tensor` of shape `(batch,)`): first real slot of each row.
+        query_slots, visible_until (`torch.Tensor` of shape `(batch, queries)`).
+        write_slots (`torch.Tensor` of shape `(batch, queries)`, *optional*).
     """
-    device = starts.device
-    block_end = block_start + block_size
-    query_slots = torch.arange(clean_start, block_end, device=device)
-    key_start = 0 if sliding_window is None else max(0, clean_start - sliding_window + 1)
-    key_slots = torch.arange(key_start, block_end, device=device)
-    readable = (key_slots[None, :] <= query_slots[:, None]) | (
-        (query_slots[:, None] >= block_start) & (key_slots[None, :] < block_end)
-    )
+    write_slots = query_slots if write_slots is None else write_slots
+    key_start = 0 if sliding_window is None else max(0, int(query_slots.min()) - sliding_window + 1)
+    key_end = int(write_slots.max()) + 1
+    key_slots = torch.arange(key_start, key_end, device=starts.device)
+    allowed = (key_slots >= starts[:, None, None]) & (key_slots < visible_until[..., None])
     if sliding_window is not None:
-        readable &= key_slots[None, :] > query_slots[:, None] - sliding_window
-    allowed = readable[None] & (key_slots >= starts[:, None])[:, None, :]
-    allowed |= key_slots[None, None, :] == query_slots[None, :, None]
+        allowed &= key_slots > query_slots[..., None] - sliding_window
+    allowed |= key_slots == write_slots[..., None]
     return AttentionContext(
-        position_ids=(query_slots[None, :] - starts[:, None]).clamp(min=0),
+        position_ids=(query_slots - starts[:, None]).clamp(min=0),
         mask=allowed[:, None],
         buffer=buffer,
-        shared_write_start=clean_start,
+        write_slots=write_slots,
+        shared_write_start=shared_write_start,
         key_start=key_start,
-        key_end=block_end,
+        key_end=key_end,
     )
 
 
@@ -1050,6 +1053,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         input_ids: torch.Tensor,
         cache: BltDiffusionCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        stepwise: bool = False,
+        with_open_patch: bool = False,
     ) -> torch.Tensor:
         """Append `input_ids` to `cache` (or to an empty sequence) and decode them.
 
@@ -1059,11 +1064,16 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             cache (`BltDiffusionCache`, *optional*): updated in place.
             attention_mask (`torch.Tensor` of shape `(batch, new)`, *optional*): 0 for left padding; only allowed
                 on an empty cache.
+            stepwise (`bool`, *optional*): with a cache, give every new byte the output that appending the bytes one
+                at a time would give, as verifying a draft needs. It differs from a full forward only with
+                `max_patch_length`, at bytes that close a patch (see `BltDiffusionCache`).
+            with_open_patch (`bool`, *optional*): with a cache, also give the open patch the provisional latent that a
+                diffusion block appended next reads (see `encode`).
 
         Returns:
             `torch.Tensor` of shape `(batch, new, decoder_hidden)`: decoder states, one per new byte.
         """
-        return self._decode(cache, self.encode(input_ids, cache, attention_mask))
+        return self._decode(cache, self.encode(input_ids, cache, attention_mask, with_open_patch), stepwise)
 
     def encode(
         self,
@@ -1080,36 +1090,10 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         see `newest_latent_index`."""
         batch_size, num_new = input_ids.shape
         device = input_ids.device
-        if cache is None or int(cache.byte_ends.max()) == 0:
-            starts = (
-                torch.zeros(batch_size, dtype=torch.long, device=device)
-                if attention_mask is None
-                else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
-            )
-            if cache is not None:
-                for buffer in cache._byte_level_buffers():
-                    buffer.starts = starts.clone()
-                    buffer.ends = starts.new_zeros(batch_size)
-        else:
-            starts = cache.starts
-        byte_ends = cache.byte_ends if cache is not None else torch.zeros_like(starts)
-        slots = byte_ends[:, None] + torch.arange(num_new, device=device)
-        real = slots >= starts[:, None]
+        starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
         positions = slots - starts[:, None]
         token_ids = input_ids.masked_fill(~real, 0)
-
-        # Bytes of left context for the hash n-grams, zeros before a row's start, as stock BLT pads.
-        context = max(self.config.encoder_hash_byte_group_size) - 1
-        if cache is not None:
-            # One slot more for a provisional open-patch latent.
-            cache.reserve(int(byte_ends.max()) + num_new + 1)
-            context_slots = byte_ends[:, None] - context + torch.arange(context, device=device)
-            history = cache.token_ids.gather(1, context_slots.clamp(min=0))
-            history = history.masked_fill(context_slots < starts[:, None], 0)
-            token_ids_with_context = torch.cat([history, token_ids], dim=1)
-        else:
-            token_ids_with_context = token_ids
-        byte_embeddings = self.embed_bytes(token_ids_with_context, num_new)
+        byte_embeddings = self._embed_new_bytes(token_ids, cache, starts, byte_ends)
 
         entropies = None
         if self.patcher is not None:
@@ -1215,7 +1199,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         block_size = cell_ids.shape[1]
         starts = cache.starts
         block_start = int(cache.byte_ends.max())
-        clean_start = min(int(cache.decoder.ends.min()), block_start)
+        # The newest byte is (re-)decoded as patch-final, whatever read it decoded with before.
+        clean_start = min(int(cache.decoder.ends.min()), block_start - 1)
         cache.reserve(block_start + block_size)
         newest_latent = self.newest_latent_index(cache)
 
@@ -1228,17 +1213,100 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
         clean_states = cache.encoder_states[:, clean_slots]
         cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
-        context = build_block_attention_context(
-            starts, clean_start, block_start, block_size, self.config.local_attention_window_len, cache.decoder
+        # Clean bytes read causally; cells read every real byte before the block and the whole block.
+        query_slots = torch.arange(clean_start, block_start + block_size, device=starts.device).expand(len(starts), -1)
+        visible_until = torch.where(query_slots < block_start, query_slots + 1, block_start + block_size)
+        context = build_query_attention_context(
+            starts,
+            query_slots,
+            visible_until,
+            self.config.local_attention_window_len,
+            cache.decoder,
+            shared_write_start=clean_start,
         )
         states = self.local_decoder(
             torch.cat([clean_states, cell_states], dim=1),
             gather_latents(cache.latent_keys_values, latent_targets),
             context,
         )
-        newest_is_final = cache.ends_patch[:, block_start - 1] if block_start > 0 else torch.ones_like(starts).bool()
+        newest_is_final = cache.ends_patch[:, block_start - 1]
         cache.decoder.ends = torch.full_like(starts, block_start) - (~newest_is_final).long()
         return states[:, -block_size:]
+
+    def _append_slots(
+        self, input_ids: torch.Tensor, cache: BltDiffusionCache | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where new bytes go: `starts` (batch,) first real slot per row (set from `attention_mask` on an empty
+        cache), `byte_ends` (batch,) bytes held before them, `slots` (batch, new) and `real` (batch, new), False for
+        left padding."""
+        batch_size, num_new = input_ids.shape
+        device = input_ids.device
+        if cache is None or int(cache.byte_ends.max()) == 0:
+            starts = (
+                torch.zeros(batch_size, dtype=torch.long, device=device)
+                if attention_mask is None
+                else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+            )
+            if cache is not None:
+                for buffer in cache._byte_level_buffers():
+                    buffer.starts = starts.clone()
+                    buffer.ends = starts.new_zeros(batch_size)
+        else:
+            starts = cache.starts
+        byte_ends = cache.byte_ends if cache is not None else torch.zeros_like(starts)
+        slots = byte_ends[:, None] + torch.arange(num_new, device=device)
+        return starts, byte_ends, slots, slots >= starts[:, None]
+
+    def _embed_new_bytes(
+        self,
+        token_ids: torch.Tensor,
+        cache: BltDiffusionCache | None,
+        starts: torch.Tensor,
+        byte_ends: torch.Tensor,
+    ) -> torch.Tensor:
+        """Byte plus hash n-gram embeddings of new bytes (batch, new), their left context read from the cache."""
+        num_new = token_ids.shape[1]
+        # Bytes of left context for the hash n-grams, zeros before a row's start, as stock BLT pads.
+        context = max(self.config.encoder_hash_byte_group_size) - 1
+        if cache is not None:
+            # One slot more for a provisional open-patch latent.
+            cache.reserve(int(byte_ends.max()) + num_new + 1)
+            context_slots = byte_ends[:, None] - context + torch.arange(context, device=token_ids.device)
+            history = cache.token_ids.gather(1, context_slots.clamp(min=0))
+            history = history.masked_fill(context_slots < starts[:, None], 0)
+            token_ids = torch.cat([history, token_ids], dim=1)
+        return self.embed_bytes(token_ids, num_new)
+
+    def draft_byte(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
+        """Append one drafted byte per row (batch, 1) to the encoder and decoder only, for self-speculative drafting.
+
+        The patcher does not run and no patch closes, so the byte reads the last closed latent, as every byte of an
+        open patch does, and the global transformer does not run. The caller rolls the encoder and decoder back
+        (`BltDiffusionCache.rewind_draft`) before the drafted bytes are verified by `forward`.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
+        """
+        starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
+        byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
+        encoder_context = build_attention_context(
+            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder
+        )
+        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        cache.token_ids[rows, slots] = input_ids
+        cache.encoder_states[rows, slots] = byte_states.to(cache.encoder_states.dtype)
+        cache.ends_patch[rows, slots] = False
+        cache.encoder.ends = byte_ends + 1
+        num_patches = cache.num_patches[:, None]
+        open_patch = PatchSegmentation(
+            ends_patch=torch.zeros_like(real),
+            patch_index=num_patches,
+            decoder_target=(num_patches - 1).clamp(min=0),
+            new_patches=torch.zeros_like(cache.num_patches),
+        )
+        encoded = EncodedBytes(byte_states, open_patch, cache.latent_keys_values, starts, byte_ends, real)
+        return self._decode(cache, encoded)
 
     @staticmethod
     def _open_patch_start(cache: BltDiffusionCache, starts: torch.Tensor) -> torch.Tensor:
@@ -1313,7 +1381,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
         return cache.latent_keys_values
 
-    def _decode(self, cache: BltDiffusionCache | None, encoded: EncodedBytes) -> torch.Tensor:
+    def _decode(self, cache: BltDiffusionCache | None, encoded: EncodedBytes, stepwise: bool = False) -> torch.Tensor:
         """Run the local decoder on the new bytes, re-decoding the previous newest byte when its latent changed."""
         byte_states = encoded.byte_states
         num_new = byte_states.shape[1]
@@ -1336,12 +1404,56 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             self.config.local_attention_window_len,
             cache.decoder if cache is not None else None,
         )
-        decoder_states = self.local_decoder(byte_states, gathered, decoder_context)
+        decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
+        if stepwise and cache is not None and cache.newest_byte_is_provisional:
+            decoder_states = self._decode_frontier_twins(cache, encoded, decoder_states)
         if cache is not None:
             cache.decoder.ends = decoder_start + byte_states.shape[1]
             if cache.newest_byte_is_provisional:
                 cache.decoder.ends = cache.decoder.ends - encoded.segmentation.ends_patch[:, -1].long()
-        return decoder_states[:, -num_new:]
+        return decoder_states
+
+    def _decode_frontier_twins(
+        self, cache: BltDiffusionCache, encoded: EncodedBytes, decoder_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Give every new byte but the last that closes a patch the output it would have had as the newest byte.
+
+        With `max_patch_length`, BLT's newest byte reads the latent before its own patch (see `BltDiffusionCache`).
+        Appending several bytes at once (verifying a draft) must still produce, at each byte, the logits that
+        appending it alone would give, so each such byte gets a twin query: same input, the earlier latent, reading
+        only the bytes before it and itself. Twins write their keys past the row's end, where nothing keeps them.
+
+        `decoder_states` (batch, new, hidden) -> the same with the twins' outputs at the closing bytes.
+        """
+        closes = encoded.segmentation.ends_patch[:, :-1]
+        num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
+        if num_twins == 0:
+            return decoder_states
+        num_new = decoder_states.shape[1]
+        positions = torch.arange(num_new - 1, device=closes.device).expand_as(closes)
+        # Closing bytes first, in order; rows with fewer twins repeat the last byte, whose output is not replaced.
+        twin_index = torch.where(closes, positions, num_new - 1).sort(dim=1).values[:, :num_twins]
+        is_twin = twin_index < num_new - 1
+        twin_slots = encoded.byte_ends[:, None] + twin_index
+        cache.reserve(int(encoded.byte_ends.max()) + num_new + num_twins)
+        context = build_query_attention_context(
+            encoded.starts,
+            twin_slots,
+            visible_until=twin_slots,
+            sliding_window=self.config.local_attention_window_len,
+            buffer=cache.decoder,
+            write_slots=(encoded.byte_ends + num_new)[:, None] + torch.arange(num_twins, device=closes.device),
+        )
+        twin_targets = (encoded.segmentation.patch_index.gather(1, twin_index) - 1).clamp(min=0)
+        hidden_size = encoded.byte_states.shape[-1]
+        twin_inputs = encoded.byte_states.gather(1, twin_index[..., None].expand(-1, -1, hidden_size))
+        twin_states = self.local_decoder(
+            twin_inputs, gather_latents(encoded.latent_keys_values, twin_targets), context
+        )
+        replaced = decoder_states.clone()
+        index = twin_index[..., None].expand(-1, -1, decoder_states.shape[-1])
+        current = replaced.gather(1, index)
+        return replaced.scatter(1, index, torch.where(is_twin[..., None], twin_states, current))
 
 
 @dataclass
