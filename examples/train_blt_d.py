@@ -15,37 +15,18 @@ the steps, and the time limits only stop a run early. On faster hardware raise `
 """
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import torch
 from transformers import set_seed
 
-from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
-from blt_diffusion.random_init import benchmark_blt_config, small_blt_config, tiny_blt_config
-from blt_diffusion.training import (
-    calibrate_patching_threshold,
-    heldout_bits_per_byte,
-    pack_byte_sequences,
-    stdlib_source_files,
-    train_model,
-    train_patcher,
-)
-from blt_diffusion.training.data import evenly_spaced_rows
-
-CONFIGS = {"tiny": tiny_blt_config, "small": small_blt_config, "benchmark": benchmark_blt_config}
-# Per configuration, steps that roughly fill the default time limits on 2 CPU cores with 8 x 512-byte batches
-# (measured with block size 8: about 1.6 s per step for the tiny model, 9-14 s for the 40M one; its patcher about
-# 0.5-0.8 s), and peak learning rates: short runs of small models take high rates.
-DEFAULT_MAX_STEPS = {"tiny": 600, "small": 300, "benchmark": 120}
-DEFAULT_PATCHER_MAX_STEPS = {"tiny": 1000, "small": 400, "benchmark": 300}
-DEFAULT_LEARNING_RATE = {"tiny": 3e-3, "small": 2e-3, "benchmark": 1e-3}
+from blt_diffusion.training import MODEL_CONFIGS, build_model, run_training, stdlib_source_files
+from blt_diffusion.training.pipeline import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DEFAULT_PATCHER_MAX_STEPS
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="benchmark", help="model size")
+    parser.add_argument("--config", choices=sorted(MODEL_CONFIGS), default="benchmark", help="model size")
     parser.add_argument("--block-size", type=int, default=8, help="diffusion block size B; 0 trains a plain BLT")
     parser.add_argument("--output-dir", default="runs/blt-d", help="where the model and tokenizer are saved")
     parser.add_argument("--minutes", type=float, default=20.0, help="time limit of main-model training")
@@ -70,74 +51,36 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_model(config_name: str, block_size: int) -> BltDiffusionForCausalLM:
-    """A randomly initialised model of the named size with diffusion block size `block_size`."""
-    config = BltDiffusionConfig.from_blt_config(CONFIGS[config_name](), diffusion_block_size=block_size)
-    return BltDiffusionForCausalLM(config)
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
-    logger = logging.getLogger("train_blt_d")
     set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-
-    model = build_model(args.config, args.block_size)
-    num_parameters = sum(parameter.numel() for parameter in model.parameters())
-    logger.info("%s model, block size %d, %.1fM parameters", args.config, args.block_size, num_parameters / 1e6)
-
-    train_rows = pack_byte_sequences(stdlib_source_files("train"), args.sequence_length, max_bytes=args.max_bytes)
-    heldout_rows = pack_byte_sequences(stdlib_source_files("heldout"), args.sequence_length)
-    eval_rows = heldout_rows.select(evenly_spaced_rows(len(heldout_rows), args.eval_rows))
-    logger.info(
-        "%d training rows, %d held-out rows of %d bytes", len(train_rows), len(eval_rows), args.sequence_length
-    )
-
-    logger.info("Stage 1: training the entropy patcher")
-    train_patcher(
-        model,
-        train_rows,
-        str(output_dir / "patcher_trainer"),
-        max_steps=args.patcher_max_steps or DEFAULT_PATCHER_MAX_STEPS[args.config],
-        max_minutes=args.patcher_minutes,
-        learning_rate=args.patcher_learning_rate,
-        batch_size=args.batch_size,
-        logging_steps=args.logging_steps,
-        seed=args.seed,
-    )
-
-    calibration_ids = train_rows.select(evenly_spaced_rows(len(train_rows), args.calibration_rows))
-    threshold = calibrate_patching_threshold(
-        model,
-        calibration_ids.with_format("torch")[:]["input_ids"],
-        target_bytes_per_patch=args.bytes_per_patch,
-        max_patch_length=args.max_patch_length,
-    )
-    logger.info("Stage 2: patching threshold %.4f nats (%.1f bytes per patch)", threshold, args.bytes_per_patch)
-
-    logger.info("Stage 3: training the main model")
-    train_model(
-        model,
-        train_rows,
-        eval_rows if args.eval_steps else None,
-        str(output_dir),
-        max_minutes=args.minutes,
+    results = run_training(
+        build_model(args.config, args.block_size),
+        args.output_dir,
+        stdlib_source_files("train"),
+        stdlib_source_files("heldout"),
         max_steps=args.max_steps or DEFAULT_MAX_STEPS[args.config],
         learning_rate=args.learning_rate or DEFAULT_LEARNING_RATE[args.config],
+        max_minutes=args.minutes,
         batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        max_bytes=args.max_bytes,
+        patcher_max_steps=args.patcher_max_steps or DEFAULT_PATCHER_MAX_STEPS[args.config],
+        patcher_max_minutes=args.patcher_minutes,
+        patcher_learning_rate=args.patcher_learning_rate,
+        bytes_per_patch=args.bytes_per_patch,
+        max_patch_length=args.max_patch_length,
+        calibration_rows=args.calibration_rows,
+        eval_rows=args.eval_rows,
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+        seed=args.seed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        eval_steps=args.eval_steps,
-        seed=args.seed,
     )
-
-    bits_per_byte = heldout_bits_per_byte(model, eval_rows, batch_size=args.batch_size)
-    print(f"held-out bits per byte: {bits_per_byte:.4f}")
-    results = {"heldout_bits_per_byte": bits_per_byte, "heldout_rows": len(eval_rows), "patching_threshold": threshold}
-    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
 """The `blt-diffusion` command line, run in-process through `main`, plus one run of the installed console script."""
 
+import json
+import math
 import re
+import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import build_pair, text_ids
+import safetensors.torch
+import torch
+from conftest import build_pair, diffusion_model_from, source_text, text_ids
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from blt_diffusion import BltDiffusionTokenizer, cli
+from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
+from blt_diffusion.random_init import tiny_blt_config
+from blt_diffusion.training import MODEL_CONFIGS, split_text_files
 
 PROMPT = "Hello, world"
 STATS_FIELDS = (
@@ -18,6 +26,7 @@ STATS_FIELDS = (
     "patcher calls",
     "estimated memory bandwidth",
     "speed",
+    "bytes per decoder call",
 )
 
 
@@ -31,6 +40,26 @@ def stock_dir(tmp_path_factory, pair):
     """A checkpoint written by stock `transformers.BltForCausalLM.save_pretrained`."""
     directory = tmp_path_factory.mktemp("stock_blt")
     pair[0].save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def diffusion_dir(tmp_path_factory, pair):
+    """A random BLT-D checkpoint (block size 8) with the stock pair's weights, saved by this package."""
+    directory = tmp_path_factory.mktemp("blt_d")
+    diffusion_model_from(pair[0], block_size=8).save_pretrained(directory)
+    BltDiffusionTokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A directory of user text: three files, one in a subdirectory, and one whose suffix is not read by default."""
+    directory = tmp_path_factory.mktemp("corpus")
+    (directory / "notes").mkdir()
+    for index, name in enumerate(["alpha.txt", "beta.py", "notes/gamma.md"]):
+        (directory / name).write_text(source_text(1200, offset=1200 * index), encoding="utf-8")
+    (directory / "data.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     return directory
 
 
@@ -67,6 +96,7 @@ def test_stats(capsys):
     assert re.fullmatch(r"[0-9.e+-]+ GB", stats["estimated memory bandwidth"])
     assert float(stats["estimated memory bandwidth"].split()[0]) > 0
     assert re.fullmatch(r"[0-9.]+ bytes/s \([0-9.]+ s\)", stats["speed"])
+    assert stats["bytes per decoder call"] == "1.00"
 
 
 def test_stream_writes_as_it_generates_and_matches_plain_output(capsys, monkeypatch):
@@ -120,6 +150,30 @@ def test_prompt_file(capsys, tmp_path):
     assert out.startswith("héllo\n")
 
 
+def not_blt_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "llama"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return directory
+
+
+def weightless_dir(tmp_path: Path) -> Path:
+    """A BLT config without weights, which `from_pretrained` refuses."""
+    directory = tmp_path / "weightless"
+    tiny_blt_config().save_pretrained(directory)
+    return directory
+
+
+def partial_dir(tmp_path: Path, stock_dir: Path) -> Path:
+    """A copy of a stock checkpoint without its LM head, which `from_pretrained` alone would fill in at random."""
+    directory = tmp_path / "partial"
+    shutil.copytree(stock_dir, directory)
+    weights = safetensors.torch.load_file(directory / "model.safetensors")
+    del weights["lm_head.weight"]
+    safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
 def invalid_utf8_file(tmp_path: Path) -> str:
     path = tmp_path / "latin1.txt"
     path.write_bytes("café".encode("latin-1"))
@@ -131,12 +185,25 @@ def invalid_utf8_file(tmp_path: Path) -> str:
     [
         (lambda tmp: ["--model", str(tmp / "missing")], "model directory not found"),
         (lambda tmp: ["--model", str(tmp)], "cannot load a model from"),
+        (lambda tmp: ["--model", str(not_blt_dir(tmp))], "its model type is 'llama', not 'blt' or 'blt_diffusion'"),
+        (lambda tmp: ["--model", str(weightless_dir(tmp))], "cannot load a model from"),
         (lambda tmp: ["--decoding", "telepathy"], "unknown decoding strategy 'telepathy'; valid: autoregressive"),
+        (lambda tmp: ["--unmasking", "gradual"], "unknown unmasking rule 'gradual'; valid: confidence, entropy_bound"),
         (lambda tmp: ["--prompt-file", str(tmp / "missing.txt")], "prompt file not found"),
         (lambda tmp: ["--prompt-file", invalid_utf8_file(tmp)], "is not valid UTF-8 (byte offset 3)"),
         (lambda tmp: ["--prompt-file", str(tmp)], "cannot read prompt file"),
     ],
-    ids=["missing-model", "not-a-model", "unknown-decoding", "missing-prompt-file", "invalid-utf8", "prompt-dir"],
+    ids=[
+        "missing-model",
+        "not-a-model",
+        "other-model-type",
+        "no-weights",
+        "unknown-decoding",
+        "unknown-unmasking",
+        "missing-prompt-file",
+        "invalid-utf8",
+        "prompt-dir",
+    ],
 )
 def test_errors_are_one_line_with_status_2(capsys, tmp_path, make_args, message):
     args = make_args(tmp_path)
@@ -169,14 +236,300 @@ def test_prompt_that_is_not_utf8(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["generate"], ["generate", "x", "--prompt-file", "f"], ["generate", "x", "--max-new-tokens", "0"], []],
-    ids=["no-prompt", "two-prompts", "zero-tokens", "no-command"],
+    [
+        ["generate"],
+        ["generate", "x", "--prompt-file", "f"],
+        ["generate", "x", "--max-new-tokens", "0"],
+        ["generate", "x", "--block-size", "0"],
+        [],
+        ["train"],
+        ["train", "--output-dir", "out", "--block-size", "-1"],
+        ["train", "--output-dir", "out", "--config", "tiny", "--init-from", "checkpoint"],
+        ["train", "--output-dir", "out", "--config", "huge"],
+        ["convert", "stock"],
+        ["convert", "stock", "out", "--block-size", "-1"],
+    ],
+    ids=[
+        "no-prompt",
+        "two-prompts",
+        "zero-tokens",
+        "zero-block-size",
+        "no-command",
+        "train-no-output-dir",
+        "train-negative-block-size",
+        "train-config-and-init-from",
+        "train-unknown-config",
+        "convert-no-output",
+        "convert-negative-block-size",
+    ],
 )
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
     assert "usage: blt-diffusion" in capsys.readouterr().err
+
+
+# --- generate --decoding diffusion
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"unmasking": "confidence", "confidence_threshold": 0.2},
+        {"unmasking": "entropy_bound", "entropy_bound": 2.5},
+        {"unmasking": "one_step"},
+    ],
+    ids=["confidence", "entropy_bound", "one_step"],
+)
+def test_diffusion_options_reach_generate_and_stats_count_blocks(capsys, diffusion_dir, options):
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+    argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "18", "--decoding", "diffusion"]
+
+    status, out, err = run(capsys, *argv, "--block-size", "4", *flags, "--stats")
+
+    assert status == 0
+    model = BltDiffusionForCausalLM.from_pretrained(diffusion_dir)
+    ids = text_ids(PROMPT)
+    expected = model.generate(ids, max_new_tokens=18, decoding="diffusion", block_size=4, **options)
+    assert out == PROMPT + BltDiffusionTokenizer().decode(expected[0, ids.shape[1] :], skip_special_tokens=True) + "\n"
+    stats = stats_of(err)
+    generated, decoder_calls = int(stats["generated bytes"]), int(stats["decoder calls"])
+    assert generated == 18
+    assert int(stats["encoder/global calls"]) == int(stats["patcher calls"]) == math.ceil(generated / 4)
+    assert int(stats["encoder/global calls"]) <= decoder_calls <= generated
+    if options["unmasking"] == "one_step":
+        assert decoder_calls == math.ceil(generated / 4)
+    assert stats["bytes per decoder call"] == f"{generated / decoder_calls:.2f}"
+
+
+def test_diffusion_with_the_random_model(capsys):
+    status, out, err = run(capsys, "generate", PROMPT, "--decoding", "diffusion", "--max-new-tokens", "16", "--stats")
+
+    assert status == 0 and out.startswith(PROMPT)
+    stats = stats_of(err)
+    assert stats["encoder/global calls"] == "2", "two blocks of the random model's trained block size 8"
+
+
+@pytest.mark.parametrize("decoding", cli.BLOCK_DECODINGS)
+@pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
+def test_block_decoding_with_a_plain_blt_is_a_one_line_error(capsys, stock_dir, stream, decoding):
+    status, out, err = run(capsys, "generate", PROMPT, "--model", str(stock_dir), "--decoding", decoding, *stream)
+
+    assert status == 2 and out == ""
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("blt-diffusion: error: ") and "diffusion_block_size" in last_line
+    assert "Traceback" not in err
+
+
+def test_diffusion_options_need_diffusion_decoding(capsys, diffusion_dir):
+    status, out, err = run(
+        capsys, "generate", PROMPT, "--model", str(diffusion_dir), "--block-size", "4", "--unmasking", "one_step"
+    )
+
+    assert status == 2 and out == ""
+    last_line = err.strip().splitlines()[-1]
+    block_decodings = " or ".join(cli.BLOCK_DECODINGS)
+    assert last_line.endswith(
+        f"only --decoding {block_decodings} uses --block-size, --unmasking (decoding here: autoregressive)"
+    )
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
+def test_block_size_above_the_trained_one_is_a_one_line_error(capsys, diffusion_dir, stream):
+    argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--decoding", "diffusion", "--block-size", "9"]
+    status, out, err = run(capsys, *argv, *stream)
+
+    assert status == 2 and out == "", "nothing streamed before the error"
+    assert err.strip().splitlines()[-1].endswith("error: --block-size 9 exceeds the model's trained block size 8")
+
+
+# --- train
+
+
+def train_argv(output_dir: Path, *options: str) -> list[str]:
+    """A `train` run of a few seconds: two steps of each training on 64-byte rows."""
+    return [
+        "train",
+        "--output-dir",
+        str(output_dir),
+        "--block-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--sequence-length",
+        "64",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        *options,
+    ]
+
+
+def test_train_a_new_model_then_generate_with_it(capsys, tmp_path, corpus):
+    output_dir = tmp_path / "run"
+
+    status, out, err = run(
+        capsys, *train_argv(output_dir, "--config", "tiny", "--patcher-steps", "2", "--data", str(corpus))
+    )
+
+    assert status == 0, err
+    assert re.fullmatch(r"held-out bits per byte: [0-9.]+\n", out), "stdout holds the result only"
+    for stage in ("Stage 1", "Stage 2", "Stage 3"):
+        assert f"blt-diffusion: {stage}" in err
+    assert "Data: 2 training and 1 held-out files" in err, "data.csv is skipped, one file of three held out"
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert f"{results['heldout_bits_per_byte']:.4f}" in out
+    model = BltDiffusionForCausalLM.from_pretrained(output_dir)
+    assert model.config.diffusion_block_size == 4
+    assert model.config.patching_threshold == results["patching_threshold"]
+    assert model.config.max_patch_length == 8
+
+    argv = ["generate", PROMPT, "--model", str(output_dir), "--decoding", "diffusion", "--max-new-tokens", "8"]
+    status, out, err = run(capsys, *argv, "--stats")
+    assert status == 0, err
+    assert out.startswith(PROMPT) and stats_of(err)["encoder/global calls"] == "2"
+
+
+def test_fine_tune_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, corpus):
+    output_dir = tmp_path / "fine_tuned"
+    data = ["--data", str(corpus / "alpha.txt"), str(corpus / "beta.py"), "--heldout-data", str(corpus / "notes")]
+
+    status, out, err = run(capsys, *train_argv(output_dir, "--init-from", str(stock_dir), *data))
+
+    assert status == 0, err
+    assert out.startswith("held-out bits per byte: ")
+    assert "Stage 1" not in err and "Keeping the model's patcher and threshold" in err
+    assert "Data: 2 training and 1 held-out files" in err
+    model = BltDiffusionForCausalLM.from_pretrained(output_dir)
+    stock = pair[0]
+    assert model.config.diffusion_block_size == 4
+    assert model.config.patching_threshold == stock.config.patching_threshold
+    trained, original = model.state_dict(), stock.state_dict()
+    patcher = [name for name in original if name.startswith("model.patcher.")]
+    assert patcher and all(torch.equal(trained[name], original[name]) for name in patcher), "patcher kept frozen"
+    assert not torch.equal(trained["lm_head.weight"], original["lm_head.weight"]), "the main model trained"
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp, corpus: ["--data", str(tmp / "missing")], "training data not found: "),
+        (lambda tmp, corpus: ["--data", str(corpus / "alpha.txt")], "--data holds fewer than two text files"),
+        (
+            lambda tmp, corpus: ["--data", str(corpus), "--suffix", "rst"],
+            "--data holds fewer than two text files (.rst)",
+        ),
+        (
+            lambda tmp, corpus: ["--data", str(corpus), "--heldout-data", str(corpus / "notes"), "--suffix", ".txt"],
+            "--heldout-data holds no UTF-8 text files (.txt)",
+        ),
+        (
+            lambda tmp, corpus: ["--init-from", str(tmp / "missing"), "--data", str(corpus)],
+            "model directory not found",
+        ),
+        (lambda tmp, corpus: ["--init-from", str(not_blt_dir(tmp)), "--data", str(corpus)], "model type is 'llama'"),
+        (
+            lambda tmp, corpus: ["--init-from", str(tmp), "--patcher-steps", "5"],
+            "--patcher-steps and --patcher-minutes need --train-patcher",
+        ),
+        (
+            lambda tmp, corpus: ["--config", "tiny", "--data", str(corpus), "--sequence-length", "4096"],
+            "files hold less than one row of 4096 bytes",
+        ),
+    ],
+    ids=[
+        "missing-data",
+        "one-file",
+        "no-file-with-suffix",
+        "empty-heldout",
+        "missing-init-from",
+        "init-from-other-model",
+        "patcher-steps-when-fine-tuning",
+        "too-little-text",
+    ],
+)
+def test_train_errors_are_one_line_with_status_2(capsys, tmp_path, corpus, make_args, message):
+    status, out, err = run(capsys, *train_argv(tmp_path / "run", *make_args(tmp_path, corpus)))
+
+    assert status == 2 and out == ""
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("blt-diffusion: error: ") and message in last_line, err
+
+
+def test_model_sizes_match_the_training_configs():
+    assert set(cli.MODEL_SIZES) == set(MODEL_CONFIGS)
+
+
+def test_user_data_holds_out_files_by_a_stable_hash_of_their_relative_path(tmp_path, corpus):
+    splits = split_text_files([corpus], suffixes=[".py", ".txt", ".md"])
+    assert splits == split_text_files([corpus], suffixes=[".py", ".txt", ".md"])
+    assert all(files == sorted(files) for files in splits.values())
+    # Of three files one is held out, whether its hash falls in the held-out share or no hash does.
+    assert len(splits["train"]) == 2 and len(splits["heldout"]) == 1
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(corpus, moved)
+    moved_splits = split_text_files([moved], suffixes=[".py", ".txt", ".md"])
+    for split, files in splits.items():
+        assert [path.relative_to(moved) for path in moved_splits[split]] == [
+            path.relative_to(corpus) for path in files
+        ]
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(400):
+        (many / f"{index}.txt").write_text("x")
+    many_splits = split_text_files([many])
+    assert 0.02 < len(many_splits["heldout"]) / 400 < 0.09, "about one file in 20"
+    # Given directly, a file counts by its bare name, so it keeps the split it has inside its directory.
+    chosen = [many_splits["heldout"][0], *many_splits["train"][:3]]
+    assert split_text_files(chosen)["heldout"] == [many_splits["heldout"][0]]
+    with pytest.raises(ValueError, match="at least two files"):
+        split_text_files([corpus / "alpha.txt"])
+
+
+# --- convert
+
+
+@pytest.mark.parametrize("block_size", [0, 8])
+def test_convert_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, block_size):
+    output_dir = tmp_path / "converted"
+
+    status, out, err = run(capsys, "convert", str(stock_dir), str(output_dir), "--block-size", str(block_size))
+
+    assert status == 0, err
+    assert "a 'blt' checkpoint" in out and "a 'blt_diffusion' checkpoint" in out
+    assert ("freshly initialised" in out) == (block_size > 0)
+    model = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)
+    assert model.config.model_type == "blt_diffusion" and model.config.diffusion_block_size == block_size
+    assert {"modeling_blt_diffusion.py", "tokenization_blt_diffusion.py"} <= {p.name for p in output_dir.iterdir()}
+    assert AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True).decode([4 + ord("a")]) == "a"
+    ids = text_ids(source_text(200))
+    torch.testing.assert_close(
+        model(ids, use_cache=False).logits, pair[0](ids, use_cache=False).logits, atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_source", "message"),
+    [
+        (lambda tmp, stock: tmp / "missing", "model directory not found"),
+        (lambda tmp, stock: tmp, "it has no config.json"),
+        (lambda tmp, stock: not_blt_dir(tmp), "its model type is 'llama'"),
+        (lambda tmp, stock: weightless_dir(tmp), "cannot load a model from"),
+        (partial_dir, "it lacks lm_head.weight"),
+    ],
+    ids=["missing", "empty-dir", "other-model-type", "no-weights", "missing-weights"],
+)
+def test_convert_errors_are_one_line_with_status_2(capsys, tmp_path, stock_dir, make_source, message):
+    status, out, err = run(capsys, "convert", str(make_source(tmp_path, stock_dir)), str(tmp_path / "out"))
+
+    assert status == 2 and out == ""
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("blt-diffusion: error: ") and message in last_line, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_console_script_is_installed():

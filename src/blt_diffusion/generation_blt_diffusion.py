@@ -8,6 +8,7 @@ A strategy only decides which bytes come next (`DecodingStrategy`).
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
@@ -226,7 +227,8 @@ class GenerationState:
             takes = self.unfinished & (index < offered)
             if not bool(takes.any()):
                 break
-            slots = self.prompt_length + self.num_generated
+            # Rows that take nothing may already be full; they rewrite their last byte unchanged.
+            slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
             self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
             self.num_generated += takes.long()
             taken += takes.long()
@@ -357,6 +359,21 @@ UNMASKING_RULES = {
 }
 
 
+def drawing_distribution(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """The distribution a byte is drawn from, given processed scores (..., vocab): their softmax when sampling,
+    one-hot on the argmax when greedy."""
+    if do_sample:
+        return scores.softmax(dim=-1)
+    return F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
+
+
+def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """One byte per row of `distributions` (rows, vocab)."""
+    if do_sample:
+        return torch.multinomial(distributions, num_samples=1)[:, 0]
+    return distributions.argmax(dim=-1)
+
+
 class BlockDenoiser:
     """Fills a block of masked cells after the cache's bytes by iterative unmasking (Algorithm 1's inner loop).
 
@@ -388,16 +405,21 @@ class BlockDenoiser:
         self.knob = getattr(self.generation_config, knob) if knob is not None else 0.0
         self.mask_id = self.model.config.diffusion_mask_id
 
-    def denoise(self, state: GenerationState, cache, block_size: int) -> torch.Tensor:
-        """Cells (batch, block_size) for every running row, counting one decoder call per step per running row.
-        Finished rows ride along in lockstep without steering the loop; their cells come back as padding."""
+    def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill a block for every running row, counting one decoder call per step per running row.
+
+        Returns the cells (batch, block_size) and, per cell, the distribution its byte was drawn from (batch,
+        block_size, vocab): the processed distribution with `do_sample`, else one-hot on the argmax. Finished rows
+        ride along in lockstep without steering the loop; their cells come back as padding.
+        """
         batch_size = state.sequences.shape[0]
         cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
         masked = state.unfinished[:, None].expand_as(cells).clone()
+        distributions = None
         while bool(masked.any()):
             logits = self.model.lm_head(self.model.model.decode_block(cache, cells)).float()
             state.count_calls(decoder=masked.any(dim=1).long())
-            tokens = self.choose_cells(state, logits)
+            tokens, drawn_from = self.choose_cells(state, logits)
             probabilities = logits.softmax(dim=-1)
             if self.unmasking == "entropy_bound":
                 scores = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
@@ -405,13 +427,17 @@ class BlockDenoiser:
                 scores = probabilities.max(dim=-1).values
             unmask = self.select(masked, scores, self.knob)
             cells = torch.where(unmask, tokens, cells)
+            distributions = (
+                drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
+            )
             masked &= ~unmask
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
-        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
+        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), distributions
 
-    def choose_cells(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
-        """Pick a byte for every cell from raw logits (batch, block, vocab): processors, then greedy or sampling."""
+    def choose_cells(self, state: GenerationState, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick a byte for every cell from raw logits (batch, block, vocab): processors, then greedy or sampling.
+        Returns the bytes (batch, block) and the distributions they were drawn from (batch, block, vocab)."""
         batch_size, block_size, vocab_size = logits.shape
         history = state.right_aligned().repeat_interleave(block_size, dim=0)
         scores = self.logits_processor(history, logits.flatten(0, 1)).view(batch_size, block_size, vocab_size)
@@ -419,9 +445,10 @@ class BlockDenoiser:
             state.scores.append(scores)
         if self.generation_config.output_logits:
             state.raw_logits.append(logits)
-        if self.generation_config.do_sample:
-            return torch.multinomial(scores.flatten(0, 1).softmax(dim=-1), num_samples=1).view(batch_size, block_size)
-        return scores.argmax(dim=-1)
+        distributions = drawing_distribution(scores, self.generation_config.do_sample)
+        return draw(distributions.flatten(0, 1), self.generation_config.do_sample).view_as(
+            scores[..., 0]
+        ), distributions
 
 
 class DiffusionDecoding(DecodingStrategy):
@@ -448,7 +475,7 @@ class DiffusionDecoding(DecodingStrategy):
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
         remaining = state.max_new_tokens - state.num_generated
         block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
-        return self.denoiser.denoise(state, self.cache, block_size), None
+        return self.denoiser.denoise(state, self.cache, block_size)[0], None
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         self.model.model.encode(tokens, self.cache, with_open_patch=True)
@@ -475,11 +502,6 @@ class SelfSpeculativeDecoding(DecodingStrategy):
     name = "self_speculative"
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        if self.generation_config.do_sample:
-            raise ValueError(
-                f"decoding={self.name!r} verifies greedy drafts; sampling is not supported yet. Use do_sample=False "
-                "or decoding='autoregressive'."
-            )
         batch_size = input_ids.shape[0]
         capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
         self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
@@ -496,45 +518,89 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         hidden_states = self.model.model(input_ids, self.cache, attention_mask)
         return self.model.lm_head(hidden_states[:, -1]).float()
 
-    def choose_after(self, history: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Greedy choice after `history` (batch, seq) from raw logits (batch, vocab), through the processors."""
-        return self.logits_processor(history, logits).argmax(dim=-1)
+    def distribution_after(self, state: GenerationState, appended: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """What autoregressive decoding would draw the next byte from, (batch, vocab), given raw logits (batch,
+        vocab) after each row's committed bytes followed by `appended` (batch, n): the processed distribution, or
+        one-hot on its argmax when greedy.
 
-    def draft(self, state: GenerationState, draft_length: int) -> torch.Tensor:
-        """Draft bytes (batch, draft_length) with the encoder and decoder alone; the caches are left as found."""
+        Rows that hold different numbers of bytes are processed one by one, so that processors depending on the
+        length (`min_new_tokens`) see each row's own length, as autoregressive decoding shows it to them.
+        """
+        lengths = state.prompt_length + state.num_generated
+        if bool((lengths == lengths[0]).all()):
+            history = torch.cat([state.sequences[:, : int(lengths[0])], appended], dim=1)
+            scores = self.logits_processor(history, logits)
+        else:
+            scores = torch.cat(
+                [
+                    self.logits_processor(
+                        torch.cat([state.sequences[row, :length], appended[row]])[None], logits[row : row + 1]
+                    )
+                    for row, length in enumerate(lengths.tolist())
+                ]
+            )
+        return drawing_distribution(scores, self.generation_config.do_sample)
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft bytes (batch, draft_length) with the encoder and decoder alone, and the distributions they were
+        drawn from (batch, draft_length, vocab); the caches are left as found."""
         lengths = self.cache.lengths()
-        history = state.right_aligned()
-        drafted = [self.choose_after(history, self.next_logits)]
-        for _ in range(draft_length - 1):
-            hidden_states = self.model.model.draft_byte(self.cache, drafted[-1][:, None])
-            history = torch.cat([history, drafted[-1][:, None]], dim=1)
-            drafted.append(self.choose_after(history, self.model.lm_head(hidden_states[:, -1]).float()))
+        drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
+        distributions = []
+        logits = self.next_logits
+        for index in range(draft_length):
+            if index > 0:
+                logits = self.model.lm_head(self.model.model.draft_byte(self.cache, drafted[:, -1:])[:, -1]).float()
+            distributions.append(self.distribution_after(state, drafted, logits))
+            drafted = torch.cat([drafted, draw(distributions[-1], self.generation_config.do_sample)[:, None]], dim=1)
         self.cache.crop(lengths)
         state.count_calls(decoder=draft_length - 1)
-        return torch.stack(drafted, dim=1)
+        return drafted, torch.stack(distributions, dim=1)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
         remaining = state.max_new_tokens - state.num_generated
         draft_length = max(1, min(self.max_draft_length(), int(remaining[state.unfinished].max())))
-        return self.verify(state, self.draft(state, draft_length))
+        return self.verify(state, *self.draft(state, draft_length))
 
-    def verify(self, state: GenerationState, drafted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep drafted bytes (batch, n) up to the first one the model would not have chosen, then the model's own
-        byte; returns the bytes offered per row (batch, n + 1) and how many count (batch,)."""
+    def verify(
+        self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speculative acceptance of drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab).
+
+        One forward over the draft gives the distribution p_i autoregressive decoding would draw byte i from. Byte i
+        stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls is
+        replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
+        distribution after the last. Output bytes are then distributed exactly as autoregressive sampling (Leviathan
+        et al., 2023); greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one the
+        model would not have chosen and then appends the model's own.
+
+        Returns the bytes offered per row (batch, n + 1) and how many count (batch,).
+        """
         lengths = self.cache.lengths()
-        history = state.right_aligned()
-        first_choice = self.choose_after(history, self.next_logits)
         hidden_states = self.model.model(drafted, self.cache, stepwise=True)
         verify_logits = self.model.lm_head(hidden_states).float()
         state.count_calls(decoder=1, global_=1, patcher=1)
-        later_choices = [
-            self.choose_after(torch.cat([history, drafted[:, : index + 1]], dim=1), verify_logits[:, index])
-            for index in range(drafted.shape[1])
-        ]
-        choices = torch.stack([first_choice] + later_choices, dim=1)
-        accepted = (drafted == choices[:, :-1]).long().cumprod(dim=1).sum(dim=1)
+        logits = torch.cat([self.next_logits[:, None], verify_logits], dim=1)
+        targets = torch.stack(
+            [self.distribution_after(state, drafted[:, :index], logits[:, index]) for index in range(logits.shape[1])],
+            dim=1,
+        )
+        target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
+        draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
+        acceptance = (target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)).clamp(max=1)
+        stands = torch.rand_like(acceptance) < acceptance
+        accepted = stands.long().cumprod(dim=1).sum(dim=1)
+
+        rows = torch.arange(drafted.shape[0], device=drafted.device)
+        target = targets[rows, accepted]
+        padded_drafts = torch.cat([draft_distributions, torch.zeros_like(draft_distributions[:, :1])], dim=1)
+        residual = (target - padded_drafts[rows, accepted]).clamp(min=0)
+        # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
+        residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
+        replacement = draw(residual / residual.sum(dim=-1, keepdim=True), self.generation_config.do_sample)
+
         tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
-        tokens.scatter_(1, accepted[:, None], choices.gather(1, accepted[:, None]))
+        tokens[rows, accepted] = replacement
         running = state.unfinished.long()
         self.drafted += running * drafted.shape[1]
         self.accepted += running * accepted
@@ -564,6 +630,12 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.denoiser = BlockDenoiser(self, default_unmasking="one_step")
+        if self.generation_config.do_sample and self.denoiser.unmasking != "one_step":
+            # Speculative sampling needs each drafted byte's distribution given the bytes before it; a block
+            # unmasked over several steps conditions bytes on later ones, so only one-step drafts qualify.
+            raise ValueError(
+                f"Sampling with decoding={self.name!r} needs unmasking='one_step', got {self.denoiser.unmasking!r}."
+            )
         super().start(state, input_ids, attention_mask)
 
     def max_draft_length(self) -> int:
@@ -574,7 +646,7 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
         hidden_states = self.model.model(input_ids, self.cache, attention_mask, with_open_patch=True)
         return self.model.lm_head(hidden_states[:, -1]).float()
 
-    def draft(self, state: GenerationState, draft_length: int) -> torch.Tensor:
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = self.cache.lengths()
         drafted = self.denoiser.denoise(state, self.cache, draft_length)
         self.cache.crop(lengths)
@@ -668,15 +740,17 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             model_kwargs=model_kwargs,
         )
         criteria = self._per_row_stopping_criteria(generation_config, stopping_criteria, tokenizer)
-        if streamer is not None:
-            if input_ids.shape[0] != 1:
-                raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
-            streamer.put(input_ids.cpu())
+        if streamer is not None and input_ids.shape[0] != 1:
+            raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
 
         state = GenerationState(input_ids, max_new_tokens, generation_config, criteria, streamer)
         strategy = DECODING_STRATEGIES[generation_config.decoding](self, generation_config, processors)
         if not state.done:
+            # The strategy checks that it can run on this model before the streamer sees anything.
             strategy.start(state, input_ids, attention_mask)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        if not state.done:
             while True:
                 tokens, counts = strategy.next_tokens(state)
                 taken = state.commit(tokens, counts)

@@ -1197,40 +1197,45 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             `torch.Tensor` of shape `(batch, block, decoder_hidden)`: the cells' decoder states.
         """
         block_size = cell_ids.shape[1]
-        starts = cache.starts
-        block_start = int(cache.byte_ends.max())
-        # The newest byte is (re-)decoded as patch-final, whatever read it decoded with before.
-        clean_start = min(int(cache.decoder.ends.min()), block_start - 1)
-        cache.reserve(block_start + block_size)
-        newest_latent = self.newest_latent_index(cache)
+        starts, block_starts = cache.starts, cache.byte_ends
+        # Rows may hold different numbers of bytes (speculative decoding): each row's queries end at its own block.
+        # Every row decodes as many clean bytes as the row furthest behind needs, the newest always (it is re-read
+        # as patch-final); re-decoding a byte that was already final rewrites the same keys.
+        num_clean = int((block_starts - torch.minimum(cache.decoder.ends, block_starts - 1)).max())
+        cache.reserve(int(block_starts.max()) + block_size)
+        offsets = torch.arange(-num_clean, block_size, device=cell_ids.device)
+        query_slots = (block_starts[:, None] + offsets).clamp(min=0)
+        clean_slots = query_slots[:, :num_clean]
 
-        clean_slots = torch.arange(clean_start, block_start, device=cell_ids.device)
-        closed_after = cache.ends_patch[:, clean_start:block_start].flip(1).cumsum(1).flip(1)
-        closed_after = closed_after - cache.ends_patch[:, clean_start:block_start].long()
+        ends_patch = cache.ends_patch.gather(1, clean_slots)
+        closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
         clean_targets = cache.num_patches[:, None] - closed_after - 1
-        clean_targets[:, -1:] = newest_latent[:, None]
+        newest_latent = self.newest_latent_index(cache)
+        clean_targets[:, -1] = newest_latent
         latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
 
-        clean_states = cache.encoder_states[:, clean_slots]
+        rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
+        clean_states = cache.encoder_states[rows, clean_slots]
         cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
         # Clean bytes read causally; cells read every real byte before the block and the whole block.
-        query_slots = torch.arange(clean_start, block_start + block_size, device=starts.device).expand(len(starts), -1)
-        visible_until = torch.where(query_slots < block_start, query_slots + 1, block_start + block_size)
+        block_ends = (block_starts + block_size)[:, None]
+        visible_until = torch.where(offsets < 0, query_slots + 1, block_ends)
+        aligned = bool((block_starts == block_starts[0]).all()) and int(block_starts[0]) >= num_clean
         context = build_query_attention_context(
             starts,
             query_slots,
             visible_until,
             self.config.local_attention_window_len,
             cache.decoder,
-            shared_write_start=clean_start,
+            shared_write_start=int(query_slots[0, 0]) if aligned else None,
         )
         states = self.local_decoder(
             torch.cat([clean_states, cell_states], dim=1),
             gather_latents(cache.latent_keys_values, latent_targets),
             context,
         )
-        newest_is_final = cache.ends_patch[:, block_start - 1]
-        cache.decoder.ends = torch.full_like(starts, block_start) - (~newest_is_final).long()
+        newest_is_final = ends_patch[:, -1]
+        cache.decoder.ends = block_starts - (~newest_is_final).long()
         return states[:, -block_size:]
 
     def _append_slots(

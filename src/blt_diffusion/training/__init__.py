@@ -4,19 +4,25 @@
 from .data import (
     heldout_bits_per_byte,
     pack_byte_sequences,
+    split_text_files,
     stdlib_source_files,
     text_files,
 )
 from .patcher import PatcherLanguageModel, calibrate_patching_threshold, train_patcher
+from .pipeline import MODEL_CONFIGS, build_model, run_training
 from .trainer import BltTrainer, TimeLimitCallback, train_model, training_arguments
 
 __all__ = [
+    "MODEL_CONFIGS",
     "BltTrainer",
     "PatcherLanguageModel",
     "TimeLimitCallback",
+    "build_model",
     "calibrate_patching_threshold",
     "heldout_bits_per_byte",
     "pack_byte_sequences",
+    "run_training",
+    "split_text_files",
     "stdlib_source_files",
     "text_files",
     "train_model",

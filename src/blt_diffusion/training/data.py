@@ -44,13 +44,17 @@ def is_utf8(path: Path) -> bool:
 def module_split(module_name: str) -> str:
     """The split ("train" or "heldout") of a top-level module or package name.
 
-    A stable hash (SHA-256, not Python's per-process salted `hash`) keeps the split identical across runs and
-    machines.
+    A stable hash keeps the split identical across runs and machines.
     """
     if module_name in TRAIN_ONLY_MODULES:
         return "train"
-    digest = int.from_bytes(hashlib.sha256(module_name.encode("utf-8")).digest()[:8], "big")
-    return "heldout" if digest % HELDOUT_MODULUS == 0 else "train"
+    return "heldout" if stable_hash(module_name) % HELDOUT_MODULUS == 0 else "train"
+
+
+def stable_hash(name: str) -> int:
+    """A 64-bit hash of `name` that is identical across runs and machines (SHA-256, not Python's per-process salted
+    `hash`)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
 
 
 def stdlib_source_files(split: str) -> list[Path]:
@@ -100,6 +104,36 @@ def text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None = Non
         else:
             raise FileNotFoundError(f"No such file or directory: {path}")
     return sorted(files)
+
+
+def split_text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> dict[str, list[Path]]:
+    """Expand files and directories as `text_files` does and split the files into "train" and "heldout".
+
+    A file is held out when the stable hash of its name relative to the argument it was found under (its bare name
+    for a file given directly) is 0 modulo `HELDOUT_MODULUS`, about one file in 20, so a file keeps its split
+    wherever the corpus lies and whatever other files it holds. Only when that leaves a side empty are files moved,
+    in order of that hash modulo `HELDOUT_MODULUS`, so that each side has at least one.
+
+    Args:
+        paths: files and directories, as for `text_files`.
+        suffixes (`Sequence[str]`, *optional*): as for `text_files`.
+
+    Returns:
+        `{"train": [...], "heldout": [...]}`, each sorted.
+
+    Raises:
+        `ValueError`: fewer than two files, so that none can be held out.
+    """
+    names = {}
+    for root in map(Path, paths):
+        for path in text_files([root], suffixes):
+            names.setdefault(path, (path.relative_to(root) if root.is_dir() else Path(path.name)).as_posix())
+    if len(names) < 2:
+        raise ValueError(f"Holding out files needs at least two files, found {len(names)}.")
+    ranked = sorted(names, key=lambda path: (stable_hash(names[path]) % HELDOUT_MODULUS, names[path], path))
+    num_heldout = sum(stable_hash(name) % HELDOUT_MODULUS == 0 for name in names.values())
+    num_heldout = min(max(num_heldout, 1), len(ranked) - 1)
+    return {"train": sorted(ranked[num_heldout:]), "heldout": sorted(ranked[:num_heldout])}
 
 
 def document_ids(path: Path) -> np.ndarray:
