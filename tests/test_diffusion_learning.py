@@ -14,7 +14,7 @@ from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
 
 LETTERS = "abcdefgh"
-TRAINING_STEPS = 400
+TRAINING_STEPS = 460
 BATCH_SIZE = 8
 RECORDS_PER_ROW = 6
 
