@@ -1,10 +1,11 @@
-"""BLT-D decoding against autoregressive decoding of the same trained model, side by side in one process.
+"""BLT-D, BLT-S and BLT-DV decoding against autoregressive decoding of the same trained model, side by side.
 
 For held-out prompts (standard-library modules that training never saw), every decoding setting generates the same
 number of bytes greedily, settings interleaved prompt by prompt so that machine noise hits all of them alike. The
 report gives, per setting: decoder and encoder+global calls per byte, the paper's estimated memory traffic (Eq. 8)
 relative to autoregressive decoding, bytes per second relative to autoregressive decoding, and how far the greedy
-BLT-D continuation agrees with the greedy autoregressive one (exact-match rate over whole continuations and chrF).
+BLT-D continuation agrees with the greedy autoregressive one (exact-match rate over whole continuations and chrF;
+BLT-S and BLT-DV must match exactly), and the speculative strategies' acceptance rate.
 It also gives held-out bits per byte of the BLT-D model's autoregressive (clean) loss and, with `--baseline`, of a
 plain BLT trained the same way, which shows what the extra diffusion objective costs next-byte prediction.
 
@@ -39,7 +40,21 @@ class Setting:
     decoder_calls: int = 0
     global_calls: int = 0
     bandwidth_gb: float = 0.0
+    accepted_share: list[float] = field(default_factory=list)
     continuations: list[list[int]] = field(default_factory=list)
+
+
+def speculative_settings(draft_lengths: list[int], block_sizes: list[int]) -> list[Setting]:
+    """BLT-S with each draft length and BLT-DV (one-step drafts) with each block size."""
+    settings = [
+        Setting(f"BLT-S k={length}", {"decoding": "self_speculative", "draft_length": length})
+        for length in draft_lengths
+    ]
+    settings += [
+        Setting(f"BLT-DV-{block_size} one step", {"decoding": "diffusion_verified", "block_size": block_size})
+        for block_size in block_sizes
+    ]
+    return settings
 
 
 def decoding_settings(block_sizes: list[int], thresholds: list[float], bounds: list[float]) -> list[Setting]:
@@ -116,6 +131,8 @@ def run_settings(model, prompts: torch.Tensor, settings: list[Setting], new_byte
             setting.decoder_calls += int(output.decoder_nfe[0])
             setting.global_calls += int(output.global_nfe[0])
             setting.bandwidth_gb += float(output.memory_bandwidth_gb[0])
+            if output.acceptance_rate is not None:
+                setting.accepted_share.append(float(output.acceptance_rate[0]))
         print(f"prompt {prompt_index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
 
 
@@ -124,18 +141,21 @@ def report(settings: list[Setting]) -> str:
     reference_speed = reference.new_bytes / reference.seconds
     lines = [
         "| decoding | decoder calls / byte | enc+global calls / byte | est. bandwidth vs AR | bytes/s | speed vs AR "
-        "| exact match with AR | chrF vs AR |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| exact match with AR | chrF vs AR | acceptance |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for setting in settings:
         pairs = list(zip(setting.continuations, reference.continuations, strict=True))
         exact = sum(ours == theirs for ours, theirs in pairs) / len(pairs)
         score = sum(chrf(decode_bytes(ours), decode_bytes(theirs)) for ours, theirs in pairs) / len(pairs)
         speed = setting.new_bytes / setting.seconds
+        acceptance = (
+            f"{sum(setting.accepted_share) / len(setting.accepted_share):.1%}" if setting.accepted_share else "-"
+        )
         lines.append(
             f"| {setting.label} | {setting.decoder_calls / setting.new_bytes:.3f} | "
             f"{setting.global_calls / setting.new_bytes:.3f} | {setting.bandwidth_gb / reference.bandwidth_gb:.1%} | "
-            f"{speed:.0f} | {speed / reference_speed:.2f}x | {exact:.0%} | {score:.1f} |"
+            f"{speed:.0f} | {speed / reference_speed:.2f}x | {exact:.0%} | {score:.1f} | {acceptance} |"
         )
     return "\n".join(lines)
 
@@ -150,6 +170,12 @@ def main() -> None:
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--confidence-thresholds", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--entropy-bounds", type=float, nargs="+", default=[0.8, 1.0])
+    parser.add_argument(
+        "--draft-lengths", type=int, nargs="*", default=[4, 8, 16], help="BLT-S draft lengths (none: skip BLT-S)"
+    )
+    parser.add_argument(
+        "--verified-block-sizes", type=int, nargs="*", default=[4, 8, 16], help="BLT-DV block sizes (none: skip)"
+    )
     parser.add_argument("--eval-rows", type=int, default=64, help="held-out rows (256 bytes) for bits per byte")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -161,6 +187,7 @@ def main() -> None:
     prompts = prompt_rows.select(evenly_spaced_rows(len(prompt_rows), args.prompts))[:]["input_ids"]
     eval_rows = pack_byte_sequences(heldout_files, 256)
     settings = decoding_settings(args.block_sizes, args.confidence_thresholds, args.entropy_bounds)
+    settings += speculative_settings(args.draft_lengths, args.verified_block_sizes)
     bits = {"BLT-D (this model)": heldout_bits_per_byte(model, eval_rows, max_rows=args.eval_rows)}
     if args.baseline:
         baseline = BltDiffusionForCausalLM.from_pretrained(args.baseline).eval()
