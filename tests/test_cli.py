@@ -335,6 +335,23 @@ def test_diffusion_options_need_diffusion_decoding(capsys, diffusion_dir):
     )
 
 
+def test_self_speculative_with_draft_length_prints_the_autoregressive_text(capsys, diffusion_dir):
+    argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "24"]
+    status, expected, _ = run(capsys, *argv)
+    assert status == 0
+    status, out, err = run(capsys, *argv, "--decoding", "self_speculative", "--draft-length", "5", "--stats")
+    assert status == 0 and out == expected
+    assert int(stats_of(err)["encoder/global calls"]) % 2 == 0  # two per round
+
+    status, out, err = run(capsys, *argv, "--draft-length", "5")
+    assert status == 2 and out == ""
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith("only --decoding self_speculative uses --draft-length (decoding here: autoregressive)")
+    )
+
+
 @pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
 def test_block_size_above_the_trained_one_is_a_one_line_error(capsys, diffusion_dir, stream):
     argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--decoding", "diffusion", "--block-size", "9"]

@@ -165,6 +165,12 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "one (default: 1.0)",
     )
     generate.add_argument(
+        "--draft-length",
+        type=positive_int,
+        metavar="K",
+        help="--decoding self_speculative: bytes drafted per round (default: 8)",
+    )
+    generate.add_argument(
         "--do-sample",
         action="store_true",
         default=None,
@@ -354,9 +360,10 @@ def check_choice(name: str | None, valid: dict, what: str) -> None:
 
 
 def check_diffusion(args: argparse.Namespace, decoding: str, model: BltDiffusionForCausalLM) -> None:
-    """Reject diffusion options under another decoding strategy, where `generate` would silently ignore them, and
-    diffusion decoding that the model cannot do. Checked here because `generate` streams the prompt before its
-    decoding strategy checks the model."""
+    """Reject options of another decoding strategy, which `generate` would silently ignore, and diffusion decoding
+    that the model cannot do, with one line naming the option."""
+    if args.draft_length is not None and decoding != "self_speculative":
+        raise CliError(f"only --decoding self_speculative uses --draft-length (decoding here: {decoding})")
     given = [
         option
         for option, value in (
@@ -464,6 +471,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
         "unmasking": args.unmasking,
         "confidence_threshold": args.confidence_threshold,
         "entropy_bound": args.entropy_bound,
+        "draft_length": args.draft_length,
         "do_sample": args.do_sample,
         "temperature": args.temperature,
         "top_k": args.top_k,
