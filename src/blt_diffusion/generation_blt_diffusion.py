@@ -446,9 +446,8 @@ class BlockDenoiser:
         if self.generation_config.output_logits:
             state.raw_logits.append(logits)
         distributions = drawing_distribution(scores, self.generation_config.do_sample)
-        return draw(distributions.flatten(0, 1), self.generation_config.do_sample).view_as(
-            scores[..., 0]
-        ), distributions
+        tokens = draw(distributions.flatten(0, 1), self.generation_config.do_sample).view(batch_size, block_size)
+        return tokens, distributions
 
 
 class DiffusionDecoding(DecodingStrategy):
