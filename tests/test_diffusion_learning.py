@@ -7,8 +7,9 @@ continuations need the copy rule, not memorisation.
 
 import random
 
+import pytest
 import torch
-from conftest import BOS
+from conftest import BOS, left_pad
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
@@ -64,9 +65,14 @@ def train_tiny_blt_d(train_words: list[str]) -> BltDiffusionForCausalLM:
     return model.eval()
 
 
-def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_per_call():
+@pytest.fixture(scope="module")
+def trained():
     train_words, heldout_words = split_words()
-    model = train_tiny_blt_d(train_words)
+    return train_tiny_blt_d(train_words), train_words, heldout_words
+
+
+def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_per_call(trained):
+    model, train_words, heldout_words = trained
 
     exact, decoder_calls = 0, 0
     for index, word in enumerate(heldout_words):
@@ -88,3 +94,28 @@ def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_pe
     bytes_per_decoder_call = 16 * len(heldout_words) / decoder_calls
     assert exact == len(heldout_words), f"{exact}/{len(heldout_words)} exact continuations"
     assert bytes_per_decoder_call > 2, bytes_per_decoder_call
+
+
+@pytest.mark.parametrize(
+    "decoding, knobs, num_prompts",
+    [
+        ("self_speculative", {"draft_length": 8}, 64),
+        ("diffusion_verified", {}, 64),
+        ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, 8),
+    ],
+)
+def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(trained, decoding, knobs, num_prompts):
+    """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights): 256 bytes
+    after each prompt, in left-padded batches of 4."""
+    model, train_words, _ = trained
+    rows = [
+        torch.tensor([byte_ids(records(random.Random(500 + index), train_words, 1 + index % 3))])
+        for index in range(num_prompts)
+    ]
+    for start in range(0, num_prompts, 4):
+        batch, mask = left_pad(rows[start : start + 4])
+        kwargs = dict(attention_mask=mask, max_new_tokens=256, min_new_tokens=256)
+        expected = model.generate(batch, **kwargs)
+        output = model.generate(batch, decoding=decoding, return_dict_in_generate=True, **kwargs, **knobs)
+        assert torch.equal(output.sequences, expected), start
+        assert float(output.acceptance_rate.mean()) > 0.5
