@@ -251,6 +251,34 @@ class GenerationState:
     def output_sequences(self) -> torch.Tensor:
         return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
 
+    def process(
+        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Apply the logits processors to raw logits (batch, ..., vocab) of bytes that would follow each row's
+        committed bytes and then `appended` (batch, n), as autoregressive decoding would show them.
+
+        Every running row's processors see that row's own history, so length-dependent processors
+        (`min_new_tokens`) count its own bytes; when running rows hold different numbers of bytes (speculative
+        decoding), rows are processed one by one. Logits with extra dimensions (a block of cells) share their row's
+        history.
+        """
+        batch_size, vocab_size = logits.shape[0], logits.shape[-1]
+        per_row = logits.reshape(batch_size, -1, vocab_size)
+        if appended is None:
+            appended = self.sequences.new_zeros(batch_size, 0)
+        lengths = self.prompt_length + self.num_generated
+        running = lengths[self.unfinished]
+        if running.numel() == 0 or bool((running == running[0]).all()):
+            length = int(running[0]) if running.numel() else int(lengths.max())
+            history = torch.cat([self.sequences[:, :length], appended], dim=1)
+            history = history.repeat_interleave(per_row.shape[1], dim=0)
+            return logits_processor(history, per_row.flatten(0, 1)).view_as(logits)
+        rows = []
+        for row, length in enumerate(lengths.tolist()):
+            history = torch.cat([self.sequences[row, :length], appended[row]])
+            rows.append(logits_processor(history.expand(per_row.shape[1], -1), per_row[row]))
+        return torch.stack(rows).view_as(logits)
+
 
 class DecodingStrategy:
     """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`.
@@ -282,17 +310,19 @@ class DecodingStrategy:
         """Per row, the share of drafted bytes that verification kept; None for strategies that do not draft."""
         return None
 
-    def choose(self, state: GenerationState, logits: torch.Tensor) -> torch.Tensor:
-        """Pick the next byte from raw logits (batch, vocab): processors, then greedy or sampling."""
-        scores = self.logits_processor(state.right_aligned(), logits)
-        state.last_scores = scores
+    def choose(self, state: GenerationState, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick the next byte of every row, or of every cell of a block, from raw logits (batch, ..., vocab):
+        processors, then greedy or sampling. Returns the bytes (batch, ...) and the processed scores."""
+        scores = state.process(self.logits_processor, logits)
         if self.generation_config.output_scores:
             state.scores.append(scores)
         if self.generation_config.output_logits:
             state.raw_logits.append(logits)
         if self.generation_config.do_sample:
-            return torch.multinomial(scores.softmax(dim=-1), num_samples=1)[:, 0]
-        return scores.argmax(dim=-1)
+            tokens = draw(scores.flatten(0, -2).softmax(dim=-1), do_sample=True).view(scores.shape[:-1])
+        else:
+            tokens = scores.argmax(dim=-1)
+        return tokens, scores
 
 
 class AutoregressiveDecoding(DecodingStrategy):
@@ -310,7 +340,8 @@ class AutoregressiveDecoding(DecodingStrategy):
         state.count_calls(decoder=1, global_=1, patcher=1)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
-        return self.choose(state, self.next_logits)[:, None], None
+        tokens, state.last_scores = self.choose(state, self.next_logits)
+        return tokens[:, None], None
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         # Finished rows keep decoding in lockstep with the others; their results are never read.
@@ -385,9 +416,9 @@ class BlockDenoiser:
     """
 
     def __init__(self, strategy: DecodingStrategy, default_unmasking: str):
+        self.strategy = strategy
         self.model = strategy.model
         self.generation_config = strategy.generation_config
-        self.logits_processor = strategy.logits_processor
         trained_block_size = self.model.config.diffusion_block_size
         if trained_block_size <= 0:
             raise ValueError(
@@ -419,13 +450,14 @@ class BlockDenoiser:
         while bool(masked.any()):
             logits = self.model.lm_head(self.model.model.decode_block(cache, cells)).float()
             state.count_calls(decoder=masked.any(dim=1).long())
-            tokens, drawn_from = self.choose_cells(state, logits)
+            tokens, scores = self.strategy.choose(state, logits)
+            drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
             probabilities = logits.softmax(dim=-1)
             if self.unmasking == "entropy_bound":
-                scores = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
+                ranking = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
             else:
-                scores = probabilities.max(dim=-1).values
-            unmask = self.select(masked, scores, self.knob)
+                ranking = probabilities.max(dim=-1).values
+            unmask = self.select(masked, ranking, self.knob)
             cells = torch.where(unmask, tokens, cells)
             distributions = (
                 drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
@@ -434,20 +466,6 @@ class BlockDenoiser:
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
         return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), distributions
-
-    def choose_cells(self, state: GenerationState, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick a byte for every cell from raw logits (batch, block, vocab): processors, then greedy or sampling.
-        Returns the bytes (batch, block) and the distributions they were drawn from (batch, block, vocab)."""
-        batch_size, block_size, vocab_size = logits.shape
-        history = state.right_aligned().repeat_interleave(block_size, dim=0)
-        scores = self.logits_processor(history, logits.flatten(0, 1)).view(batch_size, block_size, vocab_size)
-        if self.generation_config.output_scores:
-            state.scores.append(scores)
-        if self.generation_config.output_logits:
-            state.raw_logits.append(logits)
-        distributions = drawing_distribution(scores, self.generation_config.do_sample)
-        tokens = draw(distributions.flatten(0, 1), self.generation_config.do_sample).view(batch_size, block_size)
-        return tokens, distributions
 
 
 class DiffusionDecoding(DecodingStrategy):
@@ -520,24 +538,8 @@ class SelfSpeculativeDecoding(DecodingStrategy):
     def distribution_after(self, state: GenerationState, appended: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """What autoregressive decoding would draw the next byte from, (batch, vocab), given raw logits (batch,
         vocab) after each row's committed bytes followed by `appended` (batch, n): the processed distribution, or
-        one-hot on its argmax when greedy.
-
-        Rows that hold different numbers of bytes are processed one by one, so that processors depending on the
-        length (`min_new_tokens`) see each row's own length, as autoregressive decoding shows it to them.
-        """
-        lengths = state.prompt_length + state.num_generated
-        if bool((lengths == lengths[0]).all()):
-            history = torch.cat([state.sequences[:, : int(lengths[0])], appended], dim=1)
-            scores = self.logits_processor(history, logits)
-        else:
-            scores = torch.cat(
-                [
-                    self.logits_processor(
-                        torch.cat([state.sequences[row, :length], appended[row]])[None], logits[row : row + 1]
-                    )
-                    for row, length in enumerate(lengths.tolist())
-                ]
-            )
+        one-hot on its argmax when greedy."""
+        scores = state.process(self.logits_processor, logits, appended)
         return drawing_distribution(scores, self.generation_config.do_sample)
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:

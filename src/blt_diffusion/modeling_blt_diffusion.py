@@ -803,6 +803,16 @@ class DiffusionBlocks:
         return slots.flatten(1)
 
 
+def true_positions(mask: torch.Tensor, fill: int) -> torch.Tensor:
+    """Positions of each row's True entries in order, (batch, length) -> (batch, most_true), padded with `fill`."""
+    length = mask.shape[1]
+    positions = torch.arange(length, device=mask.device).expand_as(mask)
+    # Sorting puts the True positions first, in order; the others are pushed past the end, then filled.
+    ordered = torch.where(mask, positions, positions + length).sort(dim=1).values
+    ordered = ordered[:, : max(int(mask.sum(dim=1).max()), 1)]
+    return ordered.masked_fill(ordered >= length, fill)
+
+
 def patch_start_slots(ends_patch: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Slots where a patch other than the first starts, (batch, seq) -> (batch, most_starts), -1 padded.
 
@@ -810,12 +820,7 @@ def patch_start_slots(ends_patch: torch.Tensor, real: torch.Tensor) -> torch.Ten
     """
     starts_patch = torch.zeros_like(ends_patch)
     starts_patch[:, 1:] = ends_patch[:, :-1] & real[:, 1:]
-    counts = starts_patch.sum(dim=1)
-    slots = torch.arange(ends_patch.shape[1], device=ends_patch.device).expand_as(ends_patch)
-    # Sort the start slots first, in order; the rest become -1.
-    keyed = torch.where(starts_patch, slots, slots + ends_patch.shape[1])
-    ordered = keyed.sort(dim=1).values[:, : max(int(counts.max()), 1)]
-    return ordered.masked_fill(ordered >= ends_patch.shape[1], -1)
+    return true_positions(starts_patch, fill=-1)
 
 
 @dataclass
@@ -1087,7 +1092,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         and patch buffers are updated in place.
 
         `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
-        see `newest_latent_index`."""
+        see `decode_block`."""
         batch_size, num_new = input_ids.shape
         device = input_ids.device
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
@@ -1172,19 +1177,12 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         )
         return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
 
-    @staticmethod
-    def newest_latent_index(cache: BltDiffusionCache) -> torch.Tensor:
-        """Per row (batch,), the latent slot a block appended now reads: the open patch's provisional latent (see
-        `encode(..., with_open_patch=True)`), or the last closed patch's when the newest byte closed it."""
-        newest = (cache.byte_ends - 1).clamp(min=0)
-        newest_ends_patch = cache.ends_patch.gather(1, newest[:, None])[:, 0]
-        return (cache.num_patches - newest_ends_patch.long()).clamp(min=0)
-
     def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
         """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
 
-        The block starts a patch: its cells, and the newest clean byte as a patch-final byte, read the newest latent
-        (`newest_latent_index`, from `encode(..., with_open_patch=True)`). Clean bytes the decoder has not seen yet
+        The block starts a patch: its cells, and the newest clean byte as a patch-final byte, read the newest latent:
+        the open patch's provisional one (from `encode(..., with_open_patch=True)`, one slot past the closed patches),
+        or the last closed patch's when the newest byte closed it. Clean bytes the decoder has not seen yet
         are decoded first, in the same call, causally and with their own latents. Cells attend every clean byte
         (within the window) and each other, bidirectionally. Their keys are written past the cache's end and never
         kept; the newest clean byte is re-decoded by the next call when its latent was provisional.
@@ -1210,7 +1208,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         ends_patch = cache.ends_patch.gather(1, clean_slots)
         closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
         clean_targets = cache.num_patches[:, None] - closed_after - 1
-        newest_latent = self.newest_latent_index(cache)
+        newest_is_final = ends_patch[:, -1]
+        newest_latent = (cache.num_patches - newest_is_final.long()).clamp(min=0)
         clean_targets[:, -1] = newest_latent
         latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
 
@@ -1234,7 +1233,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             gather_latents(cache.latent_keys_values, latent_targets),
             context,
         )
-        newest_is_final = ends_patch[:, -1]
         cache.decoder.ends = block_starts - (~newest_is_final).long()
         return states[:, -block_size:]
 
@@ -1287,7 +1285,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
         The patcher does not run and no patch closes, so the byte reads the last closed latent, as every byte of an
         open patch does, and the global transformer does not run. The caller rolls the encoder and decoder back
-        (`BltDiffusionCache.rewind_draft`) before the drafted bytes are verified by `forward`.
+        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by `forward`.
 
         Returns:
             `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
@@ -1435,9 +1433,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         if num_twins == 0:
             return decoder_states
         num_new = decoder_states.shape[1]
-        positions = torch.arange(num_new - 1, device=closes.device).expand_as(closes)
-        # Closing bytes first, in order; rows with fewer twins repeat the last byte, whose output is not replaced.
-        twin_index = torch.where(closes, positions, num_new - 1).sort(dim=1).values[:, :num_twins]
+        # Rows with fewer twins repeat the last byte, whose output is not replaced.
+        twin_index = true_positions(closes, fill=num_new - 1)
         is_twin = twin_index < num_new - 1
         twin_slots = encoded.byte_ends[:, None] + twin_index
         cache.reserve(int(encoded.byte_ends.max()) + num_new + num_twins)
