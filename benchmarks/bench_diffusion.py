@@ -9,8 +9,8 @@ BLT-S and BLT-DV must match exactly), and the speculative strategies' acceptance
 It also gives held-out bits per byte of the BLT-D model's autoregressive (clean) loss and, with `--baseline`, of a
 plain BLT trained the same way, which shows what the extra diffusion objective costs next-byte prediction.
 
-    python examples/train_blt_d.py --config small --block-size 16 ... --output-dir runs/bench-blt-d16
-    python examples/train_blt_d.py --config small --block-size 0 ... --output-dir runs/bench-blt-plain
+    python examples/train.py --config small --block-size 16 ... --output-dir runs/bench-blt-d16
+    python examples/train.py --config small --block-size 0 ... --output-dir runs/bench-blt-plain
     python benchmarks/bench_diffusion.py --model runs/bench-blt-d16 --baseline runs/bench-blt-plain
 """
 

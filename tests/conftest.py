@@ -43,6 +43,26 @@ def source_text(length: int, offset: int = 0) -> str:
         return handle.read()[offset : offset + length]
 
 
+def spread_prompts(count: int) -> list[torch.Tensor]:
+    """`count` prompts (1, len) of 7 to 46 bytes of real text, from places spread over a source file."""
+    return [text_ids(source_text(6 + (index * 7) % 40, index * 97)) for index in range(count)]
+
+
+def generate_new_bytes(model, rows: list[torch.Tensor], new_bytes: int = 256, **kwargs):
+    """Greedy (by default) generation of exactly `new_bytes` after each prompt row, as one left-padded batch; the
+    output with `return_dict_in_generate=True` and the new bytes alone (batch, new_bytes)."""
+    batch, mask = left_pad(rows)
+    output = model.generate(
+        batch,
+        attention_mask=mask,
+        max_new_tokens=new_bytes,
+        min_new_tokens=new_bytes,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    return output, output.sequences[:, batch.shape[1] :]
+
+
 def build_pair(seed: int = 0, bytes_per_patch: float = 3.5, **config_overrides):
     """A random stock `BltForCausalLM` calibrated to patch like a trained model, and ours with the same weights."""
     torch.manual_seed(seed)
@@ -85,6 +105,13 @@ PARITY_CONFIGS = {
 }
 
 
+# The full lossless check on random weights (`test_sweep_*.py`, one file per strategy so that test workers run them
+# side by side): 64 prompts x 256 bytes on a configuration with `max_patch_length` (so verification needs frontier
+# twins) and windows shorter than the generation.
+SWEEP_CONFIG = "max_patch_6_projection_small_windows"
+SWEEP_PROMPTS = 64
+
+
 @pytest.fixture(scope="session", params=sorted(PARITY_CONFIGS))
 def model_pair(request):
     return build_pair(**PARITY_CONFIGS[request.param])
@@ -107,3 +134,54 @@ def diffusion_model():
     """A random BLT-D model (block size 8) on the default tiny config's calibrated weights."""
     stock, _ = build_pair(seed=0)
     return diffusion_model_from(stock, block_size=8)
+
+
+def lossless_sweep() -> tuple[BltDiffusionForCausalLM, list[torch.Tensor], torch.Tensor]:
+    """A random BLT-D model on `SWEEP_CONFIG`, `SWEEP_PROMPTS` prompts, and the 256 bytes greedy autoregressive
+    decoding appends to each (batch, 256), from left-padded batches of 4 (batches equal single rows:
+    `test_generation.py`)."""
+    stock, _ = build_pair(**PARITY_CONFIGS[SWEEP_CONFIG])
+    model = diffusion_model_from(stock, block_size=8)
+    rows = spread_prompts(SWEEP_PROMPTS)
+    references = torch.cat([generate_new_bytes(model, rows[start : start + 4])[1] for start in range(0, len(rows), 4)])
+    return model, rows, references
+
+
+def check_lossless_sweep(sweep, batch_size: int, decoding: str, **knobs) -> None:
+    """Greedy `decoding` appends exactly the autoregressive bytes to every prompt of `lossless_sweep()`'s, in
+    left-padded batches of `batch_size`."""
+    model, rows, references = sweep
+    for start in range(0, len(rows), batch_size):
+        batch_rows = rows[start : start + batch_size]
+        output, actual = generate_new_bytes(model, batch_rows, decoding=decoding, **knobs)
+        assert_same_greedy_bytes(model, batch_rows, references[start : start + batch_size], actual)
+        assert bool((output.acceptance_rate >= 0).all()) and bool((output.acceptance_rate <= 1).all())
+
+
+# Logit gaps below this are float noise: the same prediction computed in a batch of several bytes (a verification
+# pass) or one byte at a time sums in another order and may rank two such bytes either way.
+FLOAT_TIE = 1e-4
+
+
+def assert_same_greedy_bytes(
+    model, prompts: list[torch.Tensor], expected: torch.Tensor, actual: torch.Tensor, max_ties: int = 1
+) -> None:
+    """`actual` new bytes (batch, n) equal `expected` (batch, n), greedy continuations of `prompts` (rows (1,
+    len)), except that a row may part ways where the model's two best bytes are a float tie (`FLOAT_TIE`) and the
+    other one of them was taken; at most `max_ties` rows may."""
+    ties = 0
+    for prompt, expected_row, actual_row in zip(prompts, expected, actual, strict=True):
+        differing = (expected_row != actual_row).nonzero()
+        if len(differing) == 0:
+            continue
+        position = int(differing[0])
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, expected_row[None, :position]], dim=1)).logits[0, -1]
+        best = logits.topk(2)
+        gap = float(best.values[0] - best.values[1])
+        assert gap < FLOAT_TIE and int(actual_row[position]) in best.indices.tolist(), (
+            f"new byte {position} differs ({int(actual_row[position])} for {int(expected_row[position])}) where the "
+            f"model's best two bytes are {best.indices.tolist()}, {gap:.2e} apart: not a float tie"
+        )
+        ties += 1
+    assert ties <= max_ties, f"{ties} rows part ways at float ties"

@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import BOS, left_pad
+from conftest import BOS, assert_same_greedy_bytes, left_pad
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
@@ -96,26 +96,51 @@ def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_pe
     assert bytes_per_decoder_call > 2, bytes_per_decoder_call
 
 
-@pytest.mark.parametrize(
-    "decoding, knobs, num_prompts",
-    [
-        ("self_speculative", {"draft_length": 8}, 64),
-        ("diffusion_verified", {}, 64),
-        ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, 8),
-    ],
-)
-def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(trained, decoding, knobs, num_prompts):
-    """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights): 256 bytes
-    after each prompt, in left-padded batches of 4."""
+@pytest.fixture(scope="module")
+def lossless_references(trained):
+    """64 prompts and the 256 bytes greedy autoregressive decoding appends to each, from left-padded batches of 4
+    (batches equal single rows: `test_generation.py`)."""
     model, train_words, _ = trained
     rows = [
         torch.tensor([byte_ids(records(random.Random(500 + index), train_words, 1 + index % 3))])
-        for index in range(num_prompts)
+        for index in range(64)
     ]
-    for start in range(0, num_prompts, 4):
+    references = []
+    for start in range(0, len(rows), 4):
         batch, mask = left_pad(rows[start : start + 4])
-        kwargs = dict(attention_mask=mask, max_new_tokens=256, min_new_tokens=256)
-        expected = model.generate(batch, **kwargs)
-        output = model.generate(batch, decoding=decoding, return_dict_in_generate=True, **kwargs, **knobs)
-        assert torch.equal(output.sequences, expected), start
+        output = model.generate(batch, attention_mask=mask, max_new_tokens=256, min_new_tokens=256)
+        references.append(output[:, batch.shape[1] :])
+    return rows, torch.cat(references)
+
+
+@pytest.mark.parametrize(
+    "decoding, knobs, num_prompts, batch_size",
+    [
+        ("self_speculative", {"draft_length": 8}, 64, 4),
+        ("self_speculative", {"draft_length": 8}, 64, 1),
+        ("diffusion_verified", {}, 64, 4),
+        ("diffusion_verified", {}, 64, 1),
+        ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, 8, 4),
+    ],
+)
+def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(
+    trained, lossless_references, decoding, knobs, num_prompts, batch_size
+):
+    """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights)."""
+    model = trained[0]
+    rows, references = lossless_references
+    for start in range(0, num_prompts, batch_size):
+        batch, mask = left_pad(rows[start : start + batch_size])
+        output = model.generate(
+            batch,
+            attention_mask=mask,
+            max_new_tokens=256,
+            min_new_tokens=256,
+            decoding=decoding,
+            return_dict_in_generate=True,
+            **knobs,
+        )
+        actual = output.sequences[:, batch.shape[1] :]
+        expected = references[start : start + batch_size]
+        assert_same_greedy_bytes(model, rows[start : start + batch_size], expected, actual)
         assert float(output.acceptance_rate.mean()) > 0.5

@@ -2,33 +2,24 @@
 
 import pytest
 import torch
-from conftest import PARITY_CONFIGS, build_pair, diffusion_model_from, left_pad, source_text, text_ids
+from conftest import (
+    PARITY_CONFIGS,
+    SWEEP_CONFIG,
+    build_pair,
+    diffusion_model_from,
+    generate_new_bytes,
+    source_text,
+    spread_prompts,
+    text_ids,
+)
 
-NEW_BYTES = 256
 
-
-@pytest.fixture(scope="module", params=sorted(PARITY_CONFIGS))
+@pytest.fixture(scope="module", params=sorted(set(PARITY_CONFIGS) - {SWEEP_CONFIG}))
 def blt_d_model(request):
-    """A random BLT-D model per parity configuration (with and without `max_patch_length`)."""
+    """A random BLT-D model per parity configuration (with and without `max_patch_length`), but the one that
+    `test_sweep_*.py` check on 64 prompts."""
     stock, _ = build_pair(**PARITY_CONFIGS[request.param])
     return diffusion_model_from(stock, block_size=8)
-
-
-def prompts(count: int) -> list[torch.Tensor]:
-    return [text_ids(source_text(6 + (index * 7) % 40, index * 97)) for index in range(count)]
-
-
-def generate(model, rows, **kwargs):
-    batch, mask = left_pad(rows)
-    output = model.generate(
-        batch,
-        attention_mask=mask,
-        max_new_tokens=NEW_BYTES,
-        min_new_tokens=NEW_BYTES,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
-    return output, output.sequences[:, batch.shape[1] :]
 
 
 @pytest.mark.parametrize(
@@ -40,22 +31,22 @@ def generate(model, rows, **kwargs):
     ],
 )
 def test_greedy_speculative_output_equals_autoregressive_in_left_padded_batches(blt_d_model, decoding, knobs):
-    rows = prompts(8)
+    rows = spread_prompts(8)
     for start in range(0, len(rows), 4):
-        _, expected = generate(blt_d_model, rows[start : start + 4])
-        output, actual = generate(blt_d_model, rows[start : start + 4], decoding=decoding, **knobs)
+        _, expected = generate_new_bytes(blt_d_model, rows[start : start + 4])
+        output, actual = generate_new_bytes(blt_d_model, rows[start : start + 4], decoding=decoding, **knobs)
         assert torch.equal(actual, expected)
         assert bool((output.acceptance_rate > 0).all()) and bool((output.acceptance_rate <= 1).all())
 
 
 def test_batch_of_one_equals_autoregressive_and_the_batched_run(blt_d_model):
-    rows = prompts(2)
-    batched = generate(blt_d_model, rows, decoding="self_speculative")[1]
+    rows = spread_prompts(2)
+    batched = generate_new_bytes(blt_d_model, rows, decoding="self_speculative")[1]
     for index, row in enumerate(rows):
-        expected = generate(blt_d_model, [row])[1]
-        assert torch.equal(generate(blt_d_model, [row], decoding="self_speculative")[1], expected)
-        multi_step = generate(blt_d_model, [row], decoding="diffusion_verified", unmasking="confidence", block_size=4)
-        assert torch.equal(multi_step[1], expected)
+        expected = generate_new_bytes(blt_d_model, [row])[1]
+        assert torch.equal(generate_new_bytes(blt_d_model, [row], decoding="self_speculative")[1], expected)
+        confidence_drafts = dict(decoding="diffusion_verified", unmasking="confidence", block_size=4)
+        assert torch.equal(generate_new_bytes(blt_d_model, [row], **confidence_drafts)[1], expected)
         assert torch.equal(batched[index], expected[0])
 
 

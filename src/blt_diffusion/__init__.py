@@ -2,12 +2,14 @@
 
 Importing the package registers model type `"blt_diffusion"` with `AutoConfig`, `AutoModelForCausalLM` and
 `AutoTokenizer`, and marks the classes for `trust_remote_code` publishing: `save_pretrained` copies the four
-`*_blt_diffusion.py` files next to the weights.
+`*_blt_diffusion.py` files next to the weights. `load_default_model()` returns the small BLT-D model shipped with
+the package (its directory: `DEFAULT_MODEL_DIR`).
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .configuration_blt_diffusion import BltDiffusionConfig
+from .default_model import DEFAULT_MODEL_DIR, load_default_model
 from .generation_blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionGenerationConfig
 from .modeling_blt_diffusion import (
     BltDiffusionCache,
@@ -27,6 +29,7 @@ BltDiffusionTokenizer.register_for_auto_class("AutoTokenizer")
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL_DIR",
     "BltDiffusionCache",
     "BltDiffusionConfig",
     "BltDiffusionForCausalLM",
@@ -35,4 +38,5 @@ __all__ = [
     "BltDiffusionModel",
     "BltDiffusionPreTrainedModel",
     "BltDiffusionTokenizer",
+    "load_default_model",
 ]

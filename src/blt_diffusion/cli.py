@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from transformers import BltConfig, PreTrainedConfig, TextStreamer, set_seed
 from transformers.utils import CONFIG_NAME
+from transformers.utils import logging as hf_logging
 
 from . import __version__
 from .configuration_blt_diffusion import BltDiffusionConfig
+from .default_model import DEFAULT_MODEL_DIR, load_default_model
 from .generation_blt_diffusion import DECODING_STRATEGIES, UNMASKING_RULES, BltDiffusionGenerateOutput
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
-from .random_init import calibrate_random_model, tiny_blt_config
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
 
 PROG = "blt-diffusion"
@@ -33,25 +34,6 @@ USAGE_ERROR = 2
 DEFAULT_MAX_NEW_TOKENS = 128
 # Strategies that decode diffusion blocks: they need a BLT-D model and take --block-size, --unmasking and its knobs.
 BLOCK_DECODINGS = ("diffusion", "diffusion_verified")
-RANDOM_MODEL_SEED = 0
-# The random model is a BLT-D model, so that `--decoding diffusion` can be tried out without a checkpoint too.
-RANDOM_MODEL_BLOCK_SIZE = 8
-RANDOM_MODEL_NOTICE = (
-    f"{PROG}: notice: no --model given, so this output comes from a small untrained model with random weights "
-    "(there is no trained default model yet): expect noise, not text."
-)
-# Text on which the random model's patcher entropies are measured to set its patching threshold.
-CALIBRATION_TEXT = """\
-The Byte Latent Transformer reads raw bytes. A small byte-level language model, the patcher, predicts each next
-byte; where it is unsure, a new patch begins. A local encoder pools the bytes of every patch into one latent, a
-large global transformer runs once per patch, and a local decoder turns each latent back into bytes.
-
-def mean(values):
-    total = sum(values)
-    return total / len(values) if values else 0.0
-
-Predictable runs such as "the", "    return" or a repeated name cost the global transformer almost nothing.
-"""
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding, new when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIX = "model.diffusion_embed_tokens."
 
@@ -78,7 +60,9 @@ byte on held-out files. A new model goes through three stages: the entropy patch
 threshold is set so that patches average 4 bytes (at most 8), and the main model is trained with the patcher frozen.
 Fine-tuning keeps the checkpoint's patcher and threshold unless --train-patcher is given. The model, its tokenizer,
 trainer_state.json and eval_results.json are saved to --output-dir. Progress goes to stderr, the final held-out bits
-per byte to stdout. Needs the training extra: pip install "blt-diffusion[train]"."""
+per byte to stdout. Several processes started by accelerate launch or torchrun train together (data parallel), each
+on --batch-size rows per step; only the main process writes. Needs the training extra: pip install
+"blt-diffusion[train]"."""
 
 CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
@@ -122,8 +106,8 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--model",
         metavar="PATH",
-        help="checkpoint directory, saved by this package or by transformers' BltForCausalLM (default: a small "
-        "untrained random model, for trying the command out)",
+        help="checkpoint directory, saved by this package or by transformers' BltForCausalLM (default: the small "
+        f"BLT-D model shipped with the package, {DEFAULT_MODEL_DIR.name}, trained on the Python standard library)",
     )
     generate.add_argument(
         "--decoding",
@@ -238,7 +222,21 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--sequence-length", type=positive_int, default=512, metavar="N", help="bytes per training row (default: 512)"
     )
-    train.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="rows per step (default: 8)")
+    train.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="N", help="rows per process and step (default: 8)"
+    )
+    train.add_argument(
+        "--gradient-accumulation-steps",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="accumulate the gradients of N batches per optimizer step (default: 1)",
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass, to save memory",
+    )
     train.add_argument(
         "--max-steps",
         type=positive_int,
@@ -280,7 +278,20 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         "--max-bytes", type=positive_int, metavar="N", help="train on only the first N bytes of text (quick runs)"
     )
     train.add_argument(
-        "--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch (default: PyTorch's)"
+        "--eval-steps", type=positive_int, metavar="N", help="also measure the held-out loss every N steps"
+    )
+    train.add_argument(
+        "--logging-steps",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="log the losses every N steps (default: 10)",
+    )
+    train.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads per process for PyTorch (default: PyTorch's, which follows OMP_NUM_THREADS)",
     )
     train.add_argument(
         "--seed",
@@ -330,7 +341,9 @@ def run_generate(args: argparse.Namespace) -> int:
     check_choice(args.decoding, DECODING_STRATEGIES, "decoding strategy")
     check_choice(args.unmasking, UNMASKING_RULES, "unmasking rule")
     prompt = read_prompt(args.prompt, args.prompt_file)
-    model = random_model() if args.model is None else load_checkpoint(args.model).model
+    # Stderr carries only what was asked for (`--stats`, errors), not transformers' weight-loading bar.
+    hf_logging.disable_progress_bar()
+    model = load_default_model() if args.model is None else load_checkpoint(args.model).model
     decoding = args.decoding or model.generation_config.decoding
     check_diffusion(args, decoding, model)
     tokenizer = BltDiffusionTokenizer()
@@ -450,19 +463,6 @@ def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
     return Checkpoint(model.eval(), saved_model_type, missing)
 
 
-def random_model() -> BltDiffusionForCausalLM:
-    """A tiny untrained BLT-D model, always the same, calibrated so that it patches like a trained one; a notice on
-    stderr says so."""
-    print(RANDOM_MODEL_NOTICE, file=sys.stderr)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_MODEL_SEED)
-        config = BltDiffusionConfig.from_blt_config(tiny_blt_config(), diffusion_block_size=RANDOM_MODEL_BLOCK_SIZE)
-        model = BltDiffusionForCausalLM(config)
-    sample_ids = BltDiffusionTokenizer()(CALIBRATION_TEXT, return_tensors="pt").input_ids
-    calibrate_random_model(model, sample_ids)
-    return model.eval()
-
-
 def generation_kwargs(args: argparse.Namespace) -> dict:
     """`generate()` arguments from the command line; options left out keep the model's generation config."""
     options = {
@@ -501,6 +501,7 @@ def run_train(args: argparse.Namespace) -> int:
     """The `train` command."""
     require_training_extra()
     from .training import build_model, run_training
+    from .training.trainer import is_main_process
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -522,8 +523,10 @@ def run_train(args: argparse.Namespace) -> int:
         "patcher_max_minutes": args.patcher_minutes,
     }
     schedule = default_schedule(size) | {name: value for name, value in given.items() if value is not None}
-    # Stdout is for the result: the Trainer's own summaries join the progress messages on stderr.
-    with progress_messages(), contextlib.redirect_stdout(sys.stderr):
+    # Stdout is for the result: the Trainer's own summaries join the progress messages on stderr. Every process of a
+    # distributed run trains, and the main one speaks for them all.
+    main_process = is_main_process()
+    with progress_messages() if main_process else contextlib.nullcontext(), contextlib.redirect_stdout(sys.stderr):
         try:
             results = run_training(
                 model,
@@ -535,12 +538,17 @@ def run_train(args: argparse.Namespace) -> int:
                 sequence_length=args.sequence_length,
                 max_bytes=args.max_bytes,
                 train_new_patcher=train_new_patcher,
+                gradient_accumulation_steps=args.gradient_accumulation_steps,
+                gradient_checkpointing=args.gradient_checkpointing,
+                eval_steps=args.eval_steps,
+                logging_steps=args.logging_steps,
                 seed=args.seed,
                 **schedule,
             )
         except ValueError as error:
             raise CliError(one_line(error)) from error
-    print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
+    if main_process:
+        print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
     return 0
 
 

@@ -52,6 +52,9 @@ class BltDiffusionRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dtype == self.weight.dtype == torch.float32:
+            # One fused call instead of seven; in float32 it gives the unfused result below bit for bit.
+            return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.float()
         hidden_states = hidden_states * torch.rsqrt(
@@ -90,28 +93,29 @@ class BltDiffusionRotaryEmbedding(nn.Module):
         return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
 
     @torch.no_grad()
-    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`position_ids` (batch, seq) -> cos, sin of shape (batch, seq, head_dim)."""
-        freqs = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
-        embedding = torch.repeat_interleave(freqs, 2, dim=-1)
-        cos = embedding.cos() * self.attention_scaling
-        sin = embedding.sin() * self.attention_scaling
-        return cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """`position_ids` (batch, seq) -> rotations (batch, seq, 1, head_dim / 2): one unit complex number (times
+        the attention scaling) per channel pair, computed once per stack call and shared by its layers."""
+        angles = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return torch.complex(cos, sin)[:, :, None]
 
 
 def apply_rotary_pos_emb(
-    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    query: torch.Tensor, key: torch.Tensor, rotations: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate each (even, odd) channel pair of `query` and `key` (batch, heads, seq, head_dim) by its angle.
+    """Rotate each (even, odd) channel pair of `query` and `key` (batch, seq, heads, head_dim) by its angle.
 
-    `cos`, `sin` (batch, seq, head_dim) repeat each angle pairwise (BLT's interleaved layout). The pair rotation is a
-    complex multiplication, which takes a few operations instead of the slice-negate-stack of `rotate_half`.
+    BLT pairs adjacent channels (its interleaved layout), so a pair is a complex number and the rotation a complex
+    multiplication by `rotations` (batch, seq, 1, head_dim / 2): a few operations instead of `rotate_half`'s
+    slice-negate-stack, computed in float32 whatever the states' dtype.
     """
-    angles = torch.complex(cos[..., ::2], sin[..., ::2]).unsqueeze(1)
 
     def rotate(states: torch.Tensor) -> torch.Tensor:
-        pairs = torch.view_as_complex(states.float().unflatten(-1, (-1, 2)).contiguous())
-        return torch.view_as_real(pairs * angles).flatten(-2).to(states.dtype)
+        pairs = torch.view_as_complex(states.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * rotations).flatten(-2).to(states.dtype)
 
     return rotate(query), rotate(key)
 
@@ -301,15 +305,17 @@ class BltDiffusionSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        rotations: torch.Tensor,
         context: AttentionContext,
     ) -> torch.Tensor:
-        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden)."""
+        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden); `rotations` from the stack's rotary
+        embedding."""
         batch_size, num_new, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch_size, num_new, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(batch_size, num_new, self.num_heads, self.head_dim)
+        key = self.k_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim)
         value = self.v_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query, key = apply_rotary_pos_emb(query, key, rotations)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         key, value = context.keys_values(self.layer_idx, key, value)
         if context.block_layout is not None:
             group = self.num_heads // self.num_key_value_heads
@@ -386,9 +392,10 @@ class BltDiffusionCrossAttention(nn.Module):
         `values` (batch, queries, splits, kv_heads, head_dim), already projected once per patch."""
         query = self.project_queries(hidden_states)
         group = self.num_heads // self.num_key_value_heads
-        # (batch, queries, splits, kv_heads, head_dim) -> (batch, heads, queries, splits, head_dim)
-        keys = keys.repeat_interleave(group, dim=3).permute(0, 3, 1, 2, 4)
-        values = values.repeat_interleave(group, dim=3).permute(0, 3, 1, 2, 4)
+        if group > 1:
+            keys, values = keys.repeat_interleave(group, dim=3), values.repeat_interleave(group, dim=3)
+        # (batch, queries, splits, heads, head_dim) -> (batch, heads, queries, splits, head_dim)
+        keys, values = keys.permute(0, 3, 1, 2, 4), values.permute(0, 3, 1, 2, 4)
         # Each query reads only `splits` keys, so broadcasting beats a batched matmul here.
         scores = (query.unsqueeze(3) * keys).sum(dim=-1) * self.head_dim**-0.5
         weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), self.dropout, self.training)
@@ -407,12 +414,10 @@ class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        rotations: torch.Tensor,
         context: AttentionContext,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, context
-        )
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotations, context)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -435,9 +440,9 @@ def run_layers(
     hidden_states: torch.Tensor,
     context: AttentionContext,
 ) -> torch.Tensor:
-    position_embeddings = rotary_emb(hidden_states, context.position_ids)
+    rotations = rotary_emb(hidden_states, context.position_ids)
     for layer in layers:
-        hidden_states = layer(hidden_states, position_embeddings, context)
+        hidden_states = layer(hidden_states, rotations, context)
     return hidden_states
 
 
@@ -576,7 +581,7 @@ class BltDiffusionLocalDecoder(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch, new, hidden)`, normalised, ready for the LM head.
         """
-        position_embeddings = self.rotary_emb(byte_states, context.position_ids)
+        rotations = self.rotary_emb(byte_states, context.position_ids)
         hidden_states = F.dropout(byte_states, p=self.config.dropout, training=self.training)
         for layer_idx, layer in enumerate(self.layers):
             if layer_idx < len(self.cross_attn_layers):
@@ -584,7 +589,7 @@ class BltDiffusionLocalDecoder(nn.Module):
                 hidden_states = hidden_states + self.cross_attn_layers[layer_idx].forward_gathered(
                     hidden_states, keys, values
                 )
-            hidden_states = layer(hidden_states, position_embeddings, context)
+            hidden_states = layer(hidden_states, rotations, context)
         return self.norm(hidden_states)
 
 

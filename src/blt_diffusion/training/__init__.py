@@ -2,6 +2,7 @@
 `transformers.Trainer`-based training of the main model. Needs the `train` extra (`datasets`)."""
 
 from .data import (
+    compressed_bits_per_byte,
     heldout_bits_per_byte,
     pack_byte_sequences,
     split_text_files,
@@ -19,6 +20,7 @@ __all__ = [
     "TimeLimitCallback",
     "build_model",
     "calibrate_patching_threshold",
+    "compressed_bits_per_byte",
     "heldout_bits_per_byte",
     "pack_byte_sequences",
     "run_training",

@@ -1,4 +1,4 @@
-"""The whole training recipe in one call, shared by `examples/train_blt_d.py` and `blt-diffusion train`.
+"""The whole training recipe in one call, shared by `examples/train.py` and `blt-diffusion train`.
 
 Three stages, as in the BLT recipe:
 
@@ -7,6 +7,10 @@ Three stages, as in the BLT recipe:
 3. train the main model with the patcher frozen, then measure bits per byte on held-out files.
 
 Fine-tuning a checkpoint skips the first two stages and keeps the checkpoint's patcher and threshold.
+
+Launched in several processes (`torchrun`, `accelerate launch`), every process runs every stage on the same data: the
+Trainers give each process its own rows of every step and average the gradients, so that the processes keep identical
+weights, and only the main process writes.
 """
 
 import json
@@ -14,12 +18,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from ..configuration_blt_diffusion import BltDiffusionConfig
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM
 from ..random_init import benchmark_blt_config, small_blt_config, tiny_blt_config
 from .data import evenly_spaced_rows, heldout_bits_per_byte, pack_byte_sequences
 from .patcher import calibrate_patching_threshold, train_patcher
-from .trainer import train_model
+from .trainer import is_main_process, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +71,8 @@ def run_training(
 ) -> dict[str, float]:
     """Train `model` in place on `train_files` and save it, the tokenizer and its held-out results to `output_dir`.
 
-    Progress goes to this module's logger (`logging.getLogger("blt_diffusion.training.pipeline")`) at INFO level.
+    Progress goes to this module's logger (`logging.getLogger("blt_diffusion.training.pipeline")`) at INFO level, in
+    every process of a distributed run.
 
     Args:
         model (`BltDiffusionForCausalLM`): a new model (`build_model`) or a checkpoint to fine-tune.
@@ -74,7 +81,7 @@ def run_training(
         max_steps (`int`): main-model optimizer steps; the learning-rate schedule spans them.
         learning_rate (`float`): main-model peak learning rate.
         max_minutes (`float`, *optional*): stop main-model training early once this much time has passed.
-        batch_size (`int`): rows per micro-batch, for both trainings and the evaluation.
+        batch_size (`int`): rows per process and micro-batch, for both trainings and the evaluation.
         sequence_length (`int`): bytes per row.
         max_bytes (`int`, *optional*): use only this many bytes of training text (quick runs).
         train_new_patcher (`bool`): train the patcher and calibrate the threshold first (stages 1 and 2); False
@@ -94,7 +101,7 @@ def run_training(
 
     Returns:
         `{"heldout_bits_per_byte": ..., "heldout_rows": ..., "patching_threshold": ...}`, also written to
-        `output_dir / RESULTS_FILE`.
+        `output_dir / RESULTS_FILE` (by the main process).
 
     Raises:
         `ValueError`: the training or held-out files hold less than one row of `sequence_length` bytes.
@@ -139,6 +146,12 @@ def run_training(
             target_bytes_per_patch=bytes_per_patch,
             max_patch_length=max_patch_length,
         )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # The processes calibrate identical patchers on the same rows, but different devices may round the
+            # entropies differently, and every process must cut the same patches.
+            threshold = [model.config.patching_threshold]
+            torch.distributed.broadcast_object_list(threshold, src=0)
+            model.config.patching_threshold = threshold[0]
         logger.info(
             "Stage 2: patching threshold %.4f nats (%.1f bytes per patch)",
             model.config.patching_threshold,
@@ -168,6 +181,7 @@ def run_training(
         "heldout_rows": len(heldout_rows),
         "patching_threshold": model.config.patching_threshold,
     }
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if is_main_process():
+        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     logger.info("Saved the model, tokenizer and %s to %s", RESULTS_FILE, output_dir)
     return results

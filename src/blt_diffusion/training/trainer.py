@@ -1,11 +1,16 @@
-"""Training BLT and BLT-D models with `transformers.Trainer`: a wall-clock limit and logs of each loss component."""
+"""Training BLT and BLT-D models with `transformers.Trainer`: a wall-clock limit and logs of each loss component.
 
+Everything here also runs in several processes started by `torchrun` or `accelerate launch` (data parallel): the
+Trainer gives each process its own batches and averages the gradients, and only the main process writes files.
+"""
+
+import os
 import time
 from collections import defaultdict
 
 import datasets
 import torch
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
 
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM
 from ..tokenization_blt_diffusion import BltDiffusionTokenizer
@@ -15,11 +20,21 @@ from ..tokenization_blt_diffusion import BltDiffusionTokenizer
 LOSS_COMPONENTS = ("clean_loss", "diffusion_loss")
 
 
+def is_main_process() -> bool:
+    """Whether this process is the main one (rank 0) of a distributed launch, or runs alone.
+
+    Read from `RANK`, which `torchrun` and `accelerate launch` set, so that it also holds before a `Trainer` has set up
+    the process group (e.g. for the first progress messages).
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class TimeLimitCallback(TrainerCallback):
     """Stop training once `max_minutes` have passed since training began (checked after every optimizer step).
 
     The learning-rate schedule does not know about the limit: it is defined over `max_steps`, so choose `max_steps`
-    to roughly fill the time, and the limit only ends the run early if steps turn out slower than expected.
+    to roughly fill the time, and the limit only ends the run early if steps turn out slower than expected. In a
+    distributed run every process stops at the step where the first one runs out of time.
     """
 
     def __init__(self, max_minutes: float):
@@ -30,7 +45,14 @@ class TimeLimitCallback(TrainerCallback):
         self.start_time = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if time.monotonic() - self.start_time >= self.max_seconds:
+        out_of_time = time.monotonic() - self.start_time >= self.max_seconds
+        if args.world_size > 1:
+            # Clocks differ between processes; one that stopped alone would leave the others waiting forever for its
+            # gradients.
+            flag = torch.tensor(float(out_of_time), device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag)
+        if out_of_time:
             control.should_training_stop = True
 
 
@@ -99,9 +121,14 @@ def training_arguments(
     checkpoints during training, no reporting integrations, bf16 autocast only on a GPU that supports it.
 
     `max_steps` > 0 overrides `num_train_epochs`; the schedule spans whichever defines the run. `warmup_ratio` is a
-    fraction of it. With `eval_steps`, an evaluation dataset is evaluated every `eval_steps` steps.
+    fraction of it. With `eval_steps`, an evaluation dataset is evaluated every `eval_steps` steps. `batch_size` is
+    per process: a distributed run takes `batch_size * gradient_accumulation_steps * processes` rows per step.
+
+    Raises:
+        `ValueError`: a launcher started several processes that do not form one process group (without GPUs, unless
+            `ACCELERATE_USE_CPU=1`), so that each would train alone and overwrite the others' output.
     """
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=output_dir,
         max_steps=max_steps,
         num_train_epochs=num_train_epochs,
@@ -130,6 +157,13 @@ def training_arguments(
         report_to=[],
         dataloader_num_workers=0,
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.world_size != launched:
+        raise ValueError(
+            f"{launched} processes were launched but they do not form one process group: each needs a GPU of its "
+            "own, or set ACCELERATE_USE_CPU=1 to train on the CPU."
+        )
+    return args
 
 
 def train_model(
@@ -146,7 +180,8 @@ def train_model(
     """Train `model` in place with `BltTrainer`, then save it and the byte tokenizer to `output_dir`.
 
     The patcher stays frozen (see `train_patcher` to train it first). `output_dir` also receives
-    `trainer_state.json`, whose `log_history` holds every logged loss, component and evaluation.
+    `trainer_state.json`, whose `log_history` holds every logged loss, component and evaluation, and the Trainer's
+    `training_args.bin`. In a distributed run every process trains and only the main one writes.
 
     Args:
         model (`BltDiffusionForCausalLM`): the model to train.
@@ -172,13 +207,18 @@ def train_model(
     trainer = BltTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks
     )
+    # The Trainer seeds every process alike, so the processes would draw the same diffusion masks for their different
+    # rows; the main process keeps `seed`, and a single process trains exactly as before.
+    set_seed(args.seed + args.process_index)
     trainer.train()
     evaluated_last_step = any(
         "eval_loss" in entry and entry["step"] == trainer.state.global_step for entry in trainer.state.log_history
     )
     if eval_dataset is not None and not evaluated_last_step:
         trainer.evaluate()
-    trainer.state.save_to_json(f"{output_dir}/trainer_state.json")
-    model.save_pretrained(output_dir)
-    BltDiffusionTokenizer().save_pretrained(output_dir)
+    # Unlike `model.save_pretrained`, writes from the main process only (and gathers the weights of a sharded model).
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        trainer.state.save_to_json(f"{output_dir}/trainer_state.json")
+        BltDiffusionTokenizer().save_pretrained(output_dir)
     return model

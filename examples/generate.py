@@ -1,0 +1,84 @@
+"""Generate from one prompt with every decoding strategy and print what each one cost.
+
+    python examples/generate.py --model runs/blt-d16
+    python examples/generate.py --model runs/blt-d16 --prompt "def fibonacci(n):" --max-new-tokens 128
+
+Greedy BLT-S and BLT-DV write exactly the autoregressive text with fewer decoder calls; BLT-D writes several bytes
+per decoder call and may write different text. The two diffusion strategies need a BLT-D checkpoint
+(`config.diffusion_block_size > 0`) and are skipped for a plain BLT. Costs are those of `generate`'s output:
+decoder calls, encoder+global calls and the paper's estimated memory bandwidth (README, "How it works").
+"""
+
+import argparse
+import time
+
+from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
+
+# Each strategy with its knobs spelled out at their default values, as a starting point for trying others.
+STRATEGIES = {
+    "autoregressive": {},
+    "self_speculative": {"draft_length": 8},
+    "diffusion": {"unmasking": "confidence", "confidence_threshold": 0.7},
+    "diffusion_verified": {"unmasking": "one_step"},
+}
+DIFFUSION_STRATEGIES = ("diffusion", "diffusion_verified")
+COLUMNS = ("decoding", "bytes", "decoder_nfe", "global_nfe", "memory_bandwidth_gb", "acceptance_rate", "bytes/s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint directory (ours or a stock BltForCausalLM)")
+    parser.add_argument("--prompt", default="import os\n\n\ndef ", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    model = BltDiffusionForCausalLM.from_pretrained(args.model).eval()
+    tokenizer = BltDiffusionTokenizer()
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    prompt_length = inputs.input_ids.shape[1]
+    # One byte first, so that one-off start-up work is not charged to the first strategy's speed.
+    model.generate(**inputs, max_new_tokens=1)
+
+    rows = []
+    for decoding, options in STRATEGIES.items():
+        if decoding in DIFFUSION_STRATEGIES and model.config.diffusion_block_size == 0:
+            print(f"--- {decoding}: skipped, the model is not a BLT-D model\n")
+            continue
+        start = time.perf_counter()
+        output = model.generate(
+            **inputs,
+            decoding=decoding,
+            **options,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+        seconds = time.perf_counter() - start
+        new_ids = output.sequences[0, prompt_length:]
+        print(f"--- {decoding}\n{args.prompt}{tokenizer.decode(new_ids, skip_special_tokens=True)}\n")
+        # Only the speculative strategies draft bytes, so only they report an acceptance rate.
+        acceptance = "-" if output.acceptance_rate is None else f"{float(output.acceptance_rate[0]):.2f}"
+        rows.append(
+            (
+                decoding,
+                str(len(new_ids)),
+                str(int(output.decoder_nfe[0])),
+                str(int(output.global_nfe[0])),
+                f"{float(output.memory_bandwidth_gb[0]):.3f}",
+                acceptance,
+                f"{len(new_ids) / seconds:.0f}",
+            )
+        )
+
+    table = [COLUMNS, *rows]
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    for name, *values in table:
+        cells = [name.ljust(widths[0])] + [value.rjust(width) for value, width in zip(values, widths[1:], strict=True)]
+        print("  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
