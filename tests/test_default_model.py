@@ -43,8 +43,8 @@ def test_it_is_trained_on_python_source(default_model):
     source = stdlib_source_files("heldout")[0].read_bytes()[:2048].decode("utf-8", errors="ignore")
     input_ids = text_ids(source)
     with torch.no_grad():
-        loss = default_model(input_ids, labels=input_ids).loss
-    assert float(loss) / math.log(2) < 3.0
+        next_byte_loss = default_model(input_ids, labels=input_ids).clean_loss
+    assert float(next_byte_loss) / math.log(2) < 3.0
 
 
 @pytest.mark.parametrize("decoding", sorted(DECODING_STRATEGIES))
@@ -55,7 +55,8 @@ def test_every_decoding_strategy_generates(default_model, decoding):
     output = default_model.generate(batch, decoding=decoding, return_dict_in_generate=True, **kwargs)
     new_bytes = output.sequences[:, batch.shape[1] :]
     assert new_bytes.shape == (len(PROMPTS), NEW_BYTES)
-    assert all(text.strip() for text in tokenizer.batch_decode(new_bytes, skip_special_tokens=True))
+    # A trained byte model writes whole UTF-8 characters (a random one writes broken sequences, shown as U+FFFD).
+    assert not any("\ufffd" in text for text in tokenizer.batch_decode(new_bytes, skip_special_tokens=True))
     if decoding == "diffusion":
         assert output.global_nfe.tolist() == [NEW_BYTES // 8] * len(PROMPTS)
         assert bool((output.decoder_nfe <= NEW_BYTES).all())
