@@ -185,3 +185,21 @@ def assert_same_greedy_bytes(
         )
         ties += 1
     assert ties <= max_ties, f"{ties} rows part ways at float ties"
+
+
+# The longest files, longest first: with `pytest -n auto --dist loadfile` each file runs on one worker, and starting
+# these early lets the workers finish together instead of one running a long file alone at the end.
+LONGEST_FILES = (
+    "test_sweep_diffusion_verified.py",
+    "test_diffusion_learning.py",
+    "test_sweep_self_speculative.py",
+    "test_speculative.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)
