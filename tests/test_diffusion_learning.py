@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import BOS, assert_same_greedy_bytes, left_pad
+from conftest import BOS, assert_same_greedy_bytes, generate_new_bytes
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
@@ -105,11 +105,7 @@ def lossless_references(trained):
         torch.tensor([byte_ids(records(random.Random(500 + index), train_words, 1 + index % 3))])
         for index in range(64)
     ]
-    references = []
-    for start in range(0, len(rows), 4):
-        batch, mask = left_pad(rows[start : start + 4])
-        output = model.generate(batch, attention_mask=mask, max_new_tokens=256, min_new_tokens=256)
-        references.append(output[:, batch.shape[1] :])
+    references = [generate_new_bytes(model, rows[start : start + 4])[1] for start in range(0, len(rows), 4)]
     return rows, torch.cat(references)
 
 
@@ -130,17 +126,7 @@ def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(
     model = trained[0]
     rows, references = lossless_references
     for start in range(0, num_prompts, batch_size):
-        batch, mask = left_pad(rows[start : start + batch_size])
-        output = model.generate(
-            batch,
-            attention_mask=mask,
-            max_new_tokens=256,
-            min_new_tokens=256,
-            decoding=decoding,
-            return_dict_in_generate=True,
-            **knobs,
-        )
-        actual = output.sequences[:, batch.shape[1] :]
-        expected = references[start : start + batch_size]
-        assert_same_greedy_bytes(model, rows[start : start + batch_size], expected, actual)
+        prompts = rows[start : start + batch_size]
+        output, actual = generate_new_bytes(model, prompts, decoding=decoding, **knobs)
+        assert_same_greedy_bytes(model, prompts, references[start : start + batch_size], actual)
         assert float(output.acceptance_rate.mean()) > 0.5
