@@ -204,6 +204,7 @@ class GenerationState:
         self.raw_logits: list[torch.Tensor] = []
         if max_new_tokens == 0:
             self.unfinished[:] = False
+        self.shared_length = self._shared_length()
 
     @property
     def done(self) -> bool:
@@ -245,10 +246,20 @@ class GenerationState:
             stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
             self.unfinished &= ~(takes & stopped)
         self.unfinished &= self.num_generated < self.max_new_tokens
+        self.shared_length = self._shared_length()
         if self.streamer is not None and int(taken[0]) > 0:
             end = self.prompt_length + int(self.num_generated[0])
             self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
         return taken
+
+    def _shared_length(self) -> int | None:
+        """The committed length (prompt included) of every running row, the longest row's when none runs, or None
+        when running rows differ (speculative decoding accepts different numbers of bytes per row)."""
+        lengths = self.prompt_length + self.num_generated
+        running = lengths[self.unfinished]
+        if running.numel() == 0:
+            return int(lengths.max())
+        return int(running[0]) if bool((running == running[0]).all()) else None
 
     def right_aligned(self) -> torch.Tensor:
         """Sequences (batch, longest) with each row's last byte in the last column, as stopping criteria expect."""
@@ -278,18 +289,26 @@ class GenerationState:
         per_row = logits.reshape(batch_size, -1, vocab_size)
         if appended is None:
             appended = self.sequences.new_zeros(batch_size, 0)
-        lengths = self.prompt_length + self.num_generated
-        running = lengths[self.unfinished]
-        if running.numel() == 0 or bool((running == running[0]).all()):
-            length = int(running[0]) if running.numel() else int(lengths.max())
-            history = torch.cat([self.sequences[:, :length], appended], dim=1)
-            history = history.repeat_interleave(per_row.shape[1], dim=0)
+        if self.shared_length is not None:
+            history = torch.cat([self.sequences[:, : self.shared_length], appended], dim=1)
+            if per_row.shape[1] > 1:
+                history = history.repeat_interleave(per_row.shape[1], dim=0)
             return apply_processors(logits_processor, history, per_row.flatten(0, 1)).view_as(logits)
         rows = []
-        for row, length in enumerate(lengths.tolist()):
+        for row, length in enumerate((self.prompt_length + self.num_generated).tolist()):
             history = torch.cat([self.sequences[row, :length], appended[row]])
             rows.append(apply_processors(logits_processor, history.expand(per_row.shape[1], -1), per_row[row]))
         return torch.stack(rows).view_as(logits)
+
+    def process_positions(
+        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor
+    ) -> torch.Tensor:
+        """`process` for the logits (batch, n + 1, vocab) after each prefix of `appended` (batch, n): position i
+        follows the committed bytes and `appended[:, :i]`, as when verifying a draft."""
+        if not logits_processor:
+            return logits
+        positions = range(logits.shape[1])
+        return torch.stack([self.process(logits_processor, logits[:, i], appended[:, :i]) for i in positions], dim=1)
 
 
 class DecodingStrategy:
@@ -511,21 +530,28 @@ class DiffusionDecoding(DecodingStrategy):
         state.count_calls(global_=1, patcher=1)
 
 
+def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
+    return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
+
+
 class SelfSpeculativeDecoding(DecodingStrategy):
     """BLT-S (the paper's Algorithm 2): the local decoder drafts `draft_length` bytes past patch boundaries on the
     last closed latent, and one causal pass of the whole model verifies them.
 
-    A round: (1) the byte committed last (the previous round's correction) is appended with a normal forward, which
-    gives the exact next-byte prediction, the first draft byte; (2) the encoder and decoder alone draft the
-    remaining bytes, every one reading the last closed latent, as bytes of an open patch do; (3) the drafted bytes
-    are rolled back and appended again with a full forward (patcher, encoder, global transformer on the patches they
-    close, decoder), which gives the model's own choice after each; (4) drafted bytes are kept up to the first
-    disagreement, then the model's own byte is appended (a free byte when all agree), and the caches are cropped to
-    the kept bytes. Greedy output is identical to autoregressive decoding.
+    A round: (1) the encoder and decoder alone draft `draft_length` bytes after the byte committed last (the
+    previous round's correction, not yet in the caches), every one reading the last closed latent, as bytes of an
+    open patch do; (2) the drafts are rolled back, and the correction and the drafts are appended with one full
+    forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the model's own
+    choice after each; (3) drafted bytes are kept up to the first disagreement, then the model's own byte is the
+    next correction (a free byte when all agree), and the caches are cropped to the kept bytes. The first round
+    drafts from the prompt's exact next-byte prediction instead. Greedy output is identical to autoregressive
+    decoding.
 
-    Cost fields count real calls, which match the paper's accounting: per round two encoder+global calls and
-    `draft_length + 1` decoder calls (verification included). The global transformer really runs only on patches
-    that close.
+    Cost fields count real calls. The paper's accounting is two encoder+global calls and `draft_length + 1` decoder
+    calls per round: it appends the correction with a forward of its own, and verifies after. Verifying the
+    correction together with the next draft gives the same outputs with one encoder+global call per round, and
+    still `draft_length + 1` decoder calls. The global transformer really runs only on patches that close.
     """
 
     name = "self_speculative"
@@ -536,6 +562,8 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
         self.next_logits = self.append(input_ids, attention_mask)
         state.count_calls(decoder=1, global_=1, patcher=1)
+        # The committed byte the caches do not hold yet (batch,), or None when `next_logits` follow the last one.
+        self.correction: torch.Tensor | None = None
         self.drafted = torch.zeros(batch_size, dtype=torch.long, device=input_ids.device)
         self.accepted = torch.zeros_like(self.drafted)
 
@@ -547,28 +575,33 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         hidden_states = self.model.model(input_ids, self.cache, attention_mask)
         return self.model.lm_head(hidden_states[:, -1]).float()
 
-    def distribution_after(self, state: GenerationState, appended: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """What autoregressive decoding would draw the next byte from, (batch, vocab), given raw logits (batch,
-        vocab) after each row's committed bytes followed by `appended` (batch, n): the processed distribution, or
-        one-hot on its argmax when greedy."""
-        scores = state.process(self.logits_processor, logits, appended)
-        return drawing_distribution(scores, self.generation_config.do_sample)
-
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft bytes (batch, draft_length) with the encoder and decoder alone, and the distributions they were
         drawn from (batch, draft_length, vocab); the caches are left as found."""
+        do_sample = self.generation_config.do_sample
         lengths = self.cache.lengths()
         drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
         distributions = []
-        logits = self.next_logits
-        for index in range(draft_length):
-            if index > 0:
-                logits = self.model.lm_head(self.model.model.draft_byte(self.cache, drafted[:, -1:])[:, -1]).float()
-            distributions.append(self.distribution_after(state, drafted, logits))
-            drafted = torch.cat([drafted, draw(distributions[-1], self.generation_config.do_sample)[:, None]], dim=1)
+        last = None if self.correction is None else self.correction[:, None]
+        for _ in range(draft_length):
+            if last is None:
+                logits = self.next_logits
+            else:
+                logits = self.model.lm_head(self.model.model.draft_byte(self.cache, last)[:, -1]).float()
+            scores = state.process(self.logits_processor, logits, drafted)
+            if do_sample:
+                distributions.append(scores.softmax(dim=-1))
+                token = draw(distributions[-1], do_sample=True)
+            else:
+                token = scores.argmax(dim=-1)
+            drafted = torch.cat([drafted, token[:, None]], dim=1)
+            last = drafted[:, -1:]
         self.cache.crop(lengths)
-        state.count_calls(decoder=draft_length - 1)
-        return drafted, torch.stack(distributions, dim=1)
+        state.count_calls(decoder=draft_length - int(self.correction is None))
+        if do_sample:
+            return drafted, torch.stack(distributions, dim=1)
+        # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
+        return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
         remaining = state.max_new_tokens - state.num_generated
@@ -590,14 +623,18 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         Returns the bytes offered per row (batch, n + 1) and how many count (batch,).
         """
         lengths = self.cache.lengths()
-        hidden_states = self.model.model(drafted, self.cache, stepwise=True)
-        verify_logits = self.model.lm_head(hidden_states).float()
+        if self.correction is None:
+            hidden_states = self.model.model(drafted, self.cache, stepwise=True)
+            logits = torch.cat([self.next_logits[:, None], self.model.lm_head(hidden_states).float()], dim=1)
+        else:
+            hidden_states = self.model.model(
+                torch.cat([self.correction[:, None], drafted], dim=1), self.cache, stepwise=True
+            )
+            logits = self.model.lm_head(hidden_states).float()
+            lengths = lengths + 1
         state.count_calls(decoder=1, global_=1, patcher=1)
-        logits = torch.cat([self.next_logits[:, None], verify_logits], dim=1)
-        targets = torch.stack(
-            [self.distribution_after(state, drafted[:, :index], logits[:, index]) for index in range(logits.shape[1])],
-            dim=1,
-        )
+        scores = state.process_positions(self.logits_processor, logits, drafted)
+        targets = drawing_distribution(scores, self.generation_config.do_sample)
         target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
         draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
         acceptance = (target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)).clamp(max=1)
@@ -621,9 +658,9 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         return tokens, accepted + 1
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        """Keep the accepted drafts in the caches; the next round's verification appends the correction."""
         self.cache.crop(self.kept_lengths)
-        self.next_logits = self.append(tokens.gather(1, (taken - 1).clamp(min=0)[:, None]))
-        state.count_calls(decoder=1, global_=1, patcher=1)
+        self.correction = last_taken(tokens, taken)
 
     def acceptance_rate(self) -> torch.Tensor:
         """Per row, the share of drafted bytes that verification kept, (batch,)."""
@@ -664,6 +701,12 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
         drafted = self.denoiser.denoise(state, self.cache, draft_length)
         self.cache.crop(lengths)
         return drafted
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        """Keep the accepted drafts and append the correction now: the next block is denoised after it."""
+        self.cache.crop(self.kept_lengths)
+        self.next_logits = self.append(last_taken(tokens, taken)[:, None])
+        state.count_calls(decoder=1, global_=1, patcher=1)
 
 
 DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
