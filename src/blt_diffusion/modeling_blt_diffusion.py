@@ -809,6 +809,27 @@ def gather_latents(
 
 
 @dataclass
+class FrontierTwins:
+    """Twin queries for verifying several appended bytes at once with `max_patch_length`.
+
+    BLT's newest byte reads the latent before its own patch (see `BltDiffusionCache`). Appending several bytes at
+    once must still give each byte the output that appending it alone would give, so each new byte but the last that
+    closes a patch gets a twin query: same input, at the same position, reading the latent before its patch and only
+    the bytes before it and itself. All tensors are (batch, twins); rows with fewer twins repeat the last new byte.
+
+    `index`: which new byte each twin copies. `is_twin`: False for the repeats. `slots`: the copied byte's slot, its
+    position and attention horizon. `write_slots`: where the twin writes its keys, past the row's end, where nothing
+    keeps them. `targets`: the latent each twin reads.
+    """
+
+    index: torch.Tensor
+    is_twin: torch.Tensor
+    slots: torch.Tensor
+    write_slots: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass
 class DiffusionBlocks:
     """Corrupted blocks of the block-diffusion objective (BLT-D): B cells each, anchored at patch starts.
 
@@ -1433,63 +1454,84 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             previous_target = (cache.num_patches - encoded.segmentation.new_patches - 1).clamp(min=0)
             byte_states = torch.cat([previous_state[:, None], byte_states], dim=1)
             decoder_targets = torch.cat([previous_target[:, None], decoder_targets], dim=1)
-        gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
-        decoder_context = build_attention_context(
-            encoded.starts,
-            decoder_start,
-            byte_states.shape[1],
-            self.config.local_attention_window_len,
-            cache.decoder if cache is not None else None,
-        )
-        decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
+        twins = None
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
-            decoder_states = self._decode_frontier_twins(cache, encoded, decoder_states)
+            twins = self._frontier_twins(cache, encoded)
+        if twins is None:
+            decoder_context = build_attention_context(
+                encoded.starts,
+                decoder_start,
+                byte_states.shape[1],
+                self.config.local_attention_window_len,
+                cache.decoder if cache is not None else None,
+            )
+            gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
+            decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
+        else:
+            decoder_states = self._decode_with_twins(
+                cache, encoded, byte_states, decoder_targets, decoder_start, twins
+            )
         if cache is not None:
             cache.decoder.ends = decoder_start + byte_states.shape[1]
             if cache.newest_byte_is_provisional:
                 cache.decoder.ends = cache.decoder.ends - encoded.segmentation.ends_patch[:, -1].long()
         return decoder_states
 
-    def _decode_frontier_twins(
-        self, cache: BltDiffusionCache, encoded: EncodedBytes, decoder_states: torch.Tensor
-    ) -> torch.Tensor:
-        """Give every new byte but the last that closes a patch the output it would have had as the newest byte.
-
-        With `max_patch_length`, BLT's newest byte reads the latent before its own patch (see `BltDiffusionCache`).
-        Appending several bytes at once (verifying a draft) must still produce, at each byte, the logits that
-        appending it alone would give, so each such byte gets a twin query: same input, the earlier latent, reading
-        only the bytes before it and itself. Twins write their keys past the row's end, where nothing keeps them.
-
-        `decoder_states` (batch, new, hidden) -> the same with the twins' outputs at the closing bytes.
-        """
+    @staticmethod
+    def _frontier_twins(cache: BltDiffusionCache, encoded: EncodedBytes) -> FrontierTwins | None:
+        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none."""
         closes = encoded.segmentation.ends_patch[:, :-1]
         num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
         if num_twins == 0:
-            return decoder_states
-        num_new = decoder_states.shape[1]
+            return None
+        num_new = encoded.byte_states.shape[1]
         # Rows with fewer twins repeat the last byte, whose output is not replaced.
-        twin_index = true_positions(closes, fill=num_new - 1)
-        is_twin = twin_index < num_new - 1
-        twin_slots = encoded.byte_ends[:, None] + twin_index
-        cache.reserve(int(encoded.byte_ends.max()) + num_new + num_twins)
+        index = true_positions(closes, fill=num_new - 1)
+        end = encoded.byte_ends + num_new
+        cache.reserve(int(end.max()) + num_twins)
+        return FrontierTwins(
+            index=index,
+            is_twin=index < num_new - 1,
+            slots=encoded.byte_ends[:, None] + index,
+            write_slots=end[:, None] + torch.arange(num_twins, device=index.device),
+            targets=(encoded.segmentation.patch_index.gather(1, index) - 1).clamp(min=0),
+        )
+
+    def _decode_with_twins(
+        self,
+        cache: BltDiffusionCache,
+        encoded: EncodedBytes,
+        byte_states: torch.Tensor,
+        decoder_targets: torch.Tensor,
+        decoder_start: torch.Tensor,
+        twins: FrontierTwins,
+    ) -> torch.Tensor:
+        """Decode the queries `byte_states` (batch, queries, hidden), whose last ones are the new bytes, and the
+        twins in one decoder call; returns the new bytes' states (batch, new, hidden), the twins' outputs in place of
+        those of the bytes they copy.
+
+        A twin writes its keys past the row's end, so the bytes' queries, which read nothing after themselves, never
+        see it; it reads the bytes' keys of the same layer before it, as it would once they were in the cache.
+        """
+        num_queries, num_new = byte_states.shape[1], encoded.byte_states.shape[1]
+        slots = decoder_start[:, None] + torch.arange(num_queries, device=byte_states.device)
+        hidden_size = byte_states.shape[-1]
+        twin_inputs = encoded.byte_states.gather(1, twins.index[..., None].expand(-1, -1, hidden_size))
+        query_slots = torch.cat([slots, twins.slots], dim=1)
         context = build_query_attention_context(
             encoded.starts,
-            twin_slots,
-            visible_until=twin_slots,
+            query_slots,
+            visible_until=query_slots,
             sliding_window=self.config.local_attention_window_len,
             buffer=cache.decoder,
-            write_slots=(encoded.byte_ends + num_new)[:, None] + torch.arange(num_twins, device=closes.device),
+            write_slots=torch.cat([slots, twins.write_slots], dim=1),
         )
-        twin_targets = (encoded.segmentation.patch_index.gather(1, twin_index) - 1).clamp(min=0)
-        hidden_size = encoded.byte_states.shape[-1]
-        twin_inputs = encoded.byte_states.gather(1, twin_index[..., None].expand(-1, -1, hidden_size))
-        twin_states = self.local_decoder(
-            twin_inputs, gather_latents(encoded.latent_keys_values, twin_targets), context
-        )
-        replaced = decoder_states.clone()
-        index = twin_index[..., None].expand(-1, -1, decoder_states.shape[-1])
-        current = replaced.gather(1, index)
-        return replaced.scatter(1, index, torch.where(is_twin[..., None], twin_states, current))
+        gathered = gather_latents(encoded.latent_keys_values, torch.cat([decoder_targets, twins.targets], dim=1))
+        outputs = self.local_decoder(torch.cat([byte_states, twin_inputs], dim=1), gathered, context)
+        decoder_states, twin_states = outputs[:, num_queries - num_new : num_queries], outputs[:, num_queries:]
+        index = twins.index[..., None].expand(-1, -1, decoder_states.shape[-1])
+        current = decoder_states.gather(1, index)
+        return decoder_states.scatter(1, index, torch.where(twins.is_twin[..., None], twin_states, current))
 
 
 @dataclass
