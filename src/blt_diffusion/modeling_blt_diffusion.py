@@ -16,7 +16,7 @@ and every level only processes what is new:
 A byte's patch boundary depends only on bytes up to it, so appending never changes earlier work.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -788,7 +788,8 @@ class EncodedBytes:
     `byte_states` (batch, new, encoder_hidden): encoder outputs. `segmentation`: patch ends and latent targets.
     `latent_keys_values`: per decoder cross-attention layer, keys and values (batch, patches, k, kv_heads, head_dim)
     of every patch the decoder may read. `starts` (batch,): first real slot of each row. `byte_ends` (batch,): bytes
-    held before this call. `real` (batch, new): False for left padding.
+    held before this call. `real` (batch, new): False for left padding. `byte_context`: the encoder's attention
+    context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
     """
 
     byte_states: torch.Tensor
@@ -797,6 +798,7 @@ class EncodedBytes:
     starts: torch.Tensor
     byte_ends: torch.Tensor
     real: torch.Tensor
+    byte_context: AttentionContext
 
 
 def gather_latents(
@@ -1193,6 +1195,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             starts=starts,
             byte_ends=byte_ends,
             real=real,
+            byte_context=encoder_context,
         )
 
     def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1340,7 +1343,9 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
         The patcher does not run and no patch closes, so the byte reads the last closed latent, as every byte of an
         open patch does, and the global transformer does not run. The caller rolls the encoder and decoder back
-        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by `forward`.
+        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by `forward`,
+        which is why only the byte itself is stored (the next drafted byte's hash n-grams read it): its encoder state
+        and patch end are written by the verifying forward.
 
         Returns:
             `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
@@ -1353,8 +1358,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         byte_states = self.local_encoder(byte_embeddings, encoder_context)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
         cache.token_ids[rows, slots] = input_ids
-        cache.encoder_states[rows, slots] = byte_states.to(cache.encoder_states.dtype)
-        cache.ends_patch[rows, slots] = False
         cache.encoder.ends = byte_ends + 1
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(
@@ -1363,7 +1366,9 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             decoder_target=(num_patches - 1).clamp(min=0),
             new_patches=torch.zeros_like(cache.num_patches),
         )
-        encoded = EncodedBytes(byte_states, open_patch, cache.latent_keys_values, starts, byte_ends, real)
+        encoded = EncodedBytes(
+            byte_states, open_patch, cache.latent_keys_values, starts, byte_ends, real, encoder_context
+        )
         return self._decode(cache, encoded)
 
     @staticmethod
@@ -1458,13 +1463,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
             twins = self._frontier_twins(cache, encoded)
         if twins is None:
-            decoder_context = build_attention_context(
-                encoded.starts,
-                decoder_start,
-                byte_states.shape[1],
-                self.config.local_attention_window_len,
-                cache.decoder if cache is not None else None,
-            )
+            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1])
             gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
             decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
         else:
@@ -1476,6 +1475,18 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             if cache.newest_byte_is_provisional:
                 cache.decoder.ends = cache.decoder.ends - encoded.segmentation.ends_patch[:, -1].long()
         return decoder_states
+
+    def _decoder_context(
+        self, cache: BltDiffusionCache | None, encoded: EncodedBytes, decoder_start: torch.Tensor, num_queries: int
+    ) -> AttentionContext:
+        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on."""
+        buffer = cache.decoder if cache is not None else None
+        if num_queries == encoded.byte_states.shape[1]:
+            # Exactly the encoder's bytes, positions and window: only the buffer differs.
+            return replace(encoded.byte_context, buffer=buffer)
+        return build_attention_context(
+            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer
+        )
 
     @staticmethod
     def _frontier_twins(cache: BltDiffusionCache, encoded: EncodedBytes) -> FrontierTwins | None:
