@@ -1490,7 +1490,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
     @staticmethod
     def _frontier_twins(cache: BltDiffusionCache, encoded: EncodedBytes) -> FrontierTwins | None:
-        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none."""
+        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none; the
+        decoder buffer is grown to hold their keys."""
         closes = encoded.segmentation.ends_patch[:, :-1]
         num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
         if num_twins == 0:
