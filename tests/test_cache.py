@@ -20,10 +20,10 @@ def model(request):
 def test_cached_logits_equal_full_recomputation_at_every_step(model):
     input_ids = text_ids(source_text(160, 400))
     cache = model.new_cache(1, 8)
-    prefill = model(input_ids[:, :10], past_key_values=cache).logits
+    prefill = model(input_ids[:, :10], cache=cache).logits
     torch.testing.assert_close(prefill, model(input_ids[:, :10]).logits, atol=ATOL, rtol=0)
     for end in range(11, input_ids.shape[1] + 1):
-        step = model(input_ids[:, end - 1 : end], past_key_values=cache).logits[:, -1]
+        step = model(input_ids[:, end - 1 : end], cache=cache).logits[:, -1]
         torch.testing.assert_close(step, full_last_logits(model, input_ids[:, :end]), atol=ATOL, rtol=0)
     assert cache.get_seq_length() == input_ids.shape[1]
 
@@ -35,7 +35,7 @@ def test_appending_chunks_equals_full_forward_of_each_prefix(model):
     input_ids = text_ids(source_text(120, 900))
     cache = model.new_cache(1, 4)
     for start, end in ((0, 1), (1, 30), (30, 31), (31, 77), (77, 121)):
-        chunk_logits = model(input_ids[:, start:end], past_key_values=cache).logits
+        chunk_logits = model(input_ids[:, start:end], cache=cache).logits
         expected = model(input_ids[:, :end]).logits[:, start:end]
         torch.testing.assert_close(chunk_logits, expected, atol=ATOL, rtol=0)
 
@@ -44,13 +44,13 @@ def test_appending_chunks_equals_full_forward_of_each_prefix(model):
 def test_crop_then_refeed_equals_full_forward(model):
     input_ids = text_ids(source_text(100, 1700))
     cache = model.new_cache(1, 128)
-    model(input_ids, past_key_values=cache)
+    model(input_ids, cache=cache)
     patches_before = cache.num_patches.clone()
     cache.crop(60)
     assert cache.lengths().tolist() == [60]
     assert cache.num_patches.item() < patches_before.item()
     for end in range(61, 71):
-        step = model(input_ids[:, end - 1 : end], past_key_values=cache).logits[:, -1]
+        step = model(input_ids[:, end - 1 : end], cache=cache).logits[:, -1]
         torch.testing.assert_close(step, full_last_logits(model, input_ids[:, :end]), atol=ATOL, rtol=0)
 
 
@@ -59,13 +59,13 @@ def test_left_padded_batch_equals_rows_alone(model):
     rows = [text_ids(source_text(length, offset)) for length, offset in ((50, 0), (17, 300), (1, 600), (33, 900))]
     batch, mask = left_pad(rows)
     cache = model.new_cache(len(rows), batch.shape[1])
-    batch_logits = model(batch, attention_mask=mask, past_key_values=cache).logits[:, -1]
+    batch_logits = model(batch, attention_mask=mask, cache=cache).logits[:, -1]
     continuation = text_ids(source_text(12, 2000), bos=False)
     for index, row in enumerate(rows):
         torch.testing.assert_close(batch_logits[index], full_last_logits(model, row)[0], atol=ATOL, rtol=0)
     for step in range(continuation.shape[1]):
         next_bytes = continuation[:, step : step + 1].expand(len(rows), 1)
-        step_logits = model(next_bytes, past_key_values=cache).logits[:, -1]
+        step_logits = model(next_bytes, cache=cache).logits[:, -1]
         for index, row in enumerate(rows):
             alone = torch.cat([row, continuation[:, : step + 1]], dim=1)
             torch.testing.assert_close(step_logits[index], full_last_logits(model, alone)[0], atol=ATOL, rtol=0)
@@ -75,10 +75,10 @@ def test_left_padded_batch_equals_rows_alone(model):
 def test_global_transformer_runs_once_per_closed_patch(tiny_model):
     input_ids = text_ids(source_text(80, 2500))
     cache = tiny_model.new_cache(1, 80)
-    tiny_model(input_ids[:, :1], past_key_values=cache)
+    tiny_model(input_ids[:, :1], cache=cache)
     closed = [int(cache.patches_closed_last_call)]
     for position in range(1, input_ids.shape[1]):
-        tiny_model(input_ids[:, position : position + 1], past_key_values=cache)
+        tiny_model(input_ids[:, position : position + 1], cache=cache)
         closed.append(int(cache.patches_closed_last_call))
     assert set(closed) <= {0, 1}
     assert closed[0] == 1
@@ -88,6 +88,6 @@ def test_global_transformer_runs_once_per_closed_patch(tiny_model):
 
 def test_padding_after_the_prompt_is_rejected(tiny_model):
     cache = tiny_model.new_cache(1, 8)
-    tiny_model(text_ids("ab"), past_key_values=cache)
+    tiny_model(text_ids("ab"), cache=cache)
     with pytest.raises(ValueError, match="only allowed in the first call"):
-        tiny_model(torch.tensor([[70, 71]]), attention_mask=torch.tensor([[0, 1]]), past_key_values=cache)
+        tiny_model(torch.tensor([[70, 71]]), attention_mask=torch.tensor([[0, 1]]), cache=cache)

@@ -8,13 +8,13 @@ from conftest import PAD, PARITY_CONFIGS, build_pair, diffusion_model_from, left
 from transformers import TextIteratorStreamer, pipeline
 
 from blt_diffusion import BltDiffusionTokenizer
+from blt_diffusion.block_diffusion_blt_diffusion import DiffusionBlocks
 from blt_diffusion.generation_blt_diffusion import (
     ParameterCounts,
     select_all,
     select_confident,
     select_entropy_bounded,
 )
-from blt_diffusion.modeling_blt_diffusion import DiffusionBlocks
 
 MASK = 260
 
@@ -27,7 +27,7 @@ def any_diffusion_model(request):
 
 def block_logits(model, cache, cells):
     with torch.no_grad():
-        return model.lm_head(model.model.decode_block(cache, cells)).float()
+        return model.block_logits(cache, cells)
 
 
 def diffusion(model, input_ids, max_new_tokens=24, **kwargs):
@@ -61,7 +61,7 @@ def test_a_block_at_a_patch_start_decodes_as_in_training(any_diffusion_model):
             training = model(input_ids, diffusion_blocks=blocks).diffusion_logits[0, 0]
         cache = model.new_cache(1, 16)
         with torch.no_grad():
-            model.model.encode(input_ids[:, :anchor], cache, with_open_patch=True)
+            model.open_block(cache, input_ids[:, :anchor])
         torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
 
 
@@ -74,13 +74,13 @@ def test_incremental_block_decoding_equals_encoding_the_prefix_at_once(any_diffu
     cells[0, 2] = 70
     incremental = model.new_cache(1, 8)
     with torch.no_grad():
-        model.model.encode(input_ids[:, :20], incremental, with_open_patch=True)
+        model.open_block(incremental, input_ids[:, :20])
         for end in range(28, input_ids.shape[1], 8):
             for _ in range(2):  # several denoising steps per block, as generation does
                 block_logits(model, incremental, cells)
-            model.model.encode(input_ids[:, end - 8 : end], incremental, with_open_patch=True)
+            model.open_block(incremental, input_ids[:, end - 8 : end])
             fresh = model.new_cache(1, 8)
-            model.model.encode(input_ids[:, :end], fresh, with_open_patch=True)
+            model.open_block(fresh, input_ids[:, :end])
             torch.testing.assert_close(
                 block_logits(model, incremental, cells), block_logits(model, fresh, cells), atol=1e-4, rtol=0
             )

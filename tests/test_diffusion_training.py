@@ -9,7 +9,12 @@ from conftest import PARITY_CONFIGS, build_pair, diffusion_model_from, source_te
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
-from blt_diffusion.modeling_blt_diffusion import BlockDiffusionLayout, DiffusionBlocks, block_diffusion_attention
+from blt_diffusion.block_diffusion_blt_diffusion import (
+    BlockDiffusionLayout,
+    DiffusionBlocks,
+    block_diffusion_attention,
+    sample_diffusion_blocks,
+)
 
 BLOCK_SIZE = 6
 
@@ -24,7 +29,7 @@ def models(request):
 def sampled_blocks(model, input_ids, seed=0, attention_mask=None) -> DiffusionBlocks:
     encoded = model.model.encode(input_ids, attention_mask=attention_mask)
     generator = torch.Generator().manual_seed(seed)
-    return model.sample_diffusion_blocks(input_ids, input_ids, attention_mask, encoded, generator=generator)
+    return sample_diffusion_blocks(model.config, input_ids, input_ids, attention_mask, encoded, generator=generator)
 
 
 def run(model, input_ids, blocks, labels=None):
@@ -289,7 +294,7 @@ def test_attention_in_parts_equals_dense_attention_under_the_full_mask(models):
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :7] = 0
     encoded = model.model.encode(input_ids, attention_mask=attention_mask)
-    blocks = model.sample_diffusion_blocks(input_ids, input_ids, attention_mask, encoded)
+    blocks = sample_diffusion_blocks(model.config, input_ids, input_ids, attention_mask, encoded)
     layout = BlockDiffusionLayout.build(encoded.starts, input_ids.shape[1], blocks, window=16)
     dense = layout.dense_mask()
     num_positions = dense.shape[-1]

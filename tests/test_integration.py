@@ -30,12 +30,8 @@ from blt_diffusion import (
 )
 
 PROMPT = "def add(a, b):"
-REMOTE_CODE_FILES = [
-    "configuration_blt_diffusion.py",
-    "modeling_blt_diffusion.py",
-    "generation_blt_diffusion.py",
-    "tokenization_blt_diffusion.py",
-]
+# Every shipped module: remote code imports them relatively, so each must be copied.
+REMOTE_CODE_FILES = sorted(path.name for path in Path(blt_diffusion.__file__).parent.glob("*_blt_diffusion.py"))
 COST_FIELDS = ("decoder_nfe", "global_nfe", "patcher_nfe", "memory_bandwidth_gb")
 
 

@@ -163,7 +163,7 @@ def test_calibrated_threshold_gives_the_target_mean_patch_length(tiny_model, tar
     # Measured independently: the patches that the model's cached forward closes on the sample.
     with torch.no_grad():
         cache = model.new_cache(1, sample.shape[1])
-        model(sample, past_key_values=cache)
+        model(sample, cache=cache)
     num_patches = int(cache.num_patches[0]) + int(not cache.ends_patch[0, sample.shape[1] - 1])
     assert sample.shape[1] / num_patches == pytest.approx(target, rel=0.1)
     assert mean_patch_length(model, model.model.patcher_entropies(sample)) == pytest.approx(

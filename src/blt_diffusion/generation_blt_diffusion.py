@@ -366,8 +366,7 @@ class AutoregressiveDecoding(DecodingStrategy):
         self.cache = self.model.new_cache(
             input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens, device=input_ids.device
         )
-        outputs = self.model(input_ids, attention_mask=attention_mask, past_key_values=self.cache, logits_to_keep=1)
-        self.next_logits = outputs.logits[:, -1]
+        self.next_logits = self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
         state.count_calls(decoder=1, global_=1, patcher=1)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
@@ -376,8 +375,7 @@ class AutoregressiveDecoding(DecodingStrategy):
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         # Finished rows keep decoding in lockstep with the others; their results are never read.
-        outputs = self.model(tokens, past_key_values=self.cache, logits_to_keep=1)
-        self.next_logits = outputs.logits[:, -1]
+        self.next_logits = self.model.append_bytes(self.cache, tokens, last_only=True)
         state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
 
 
@@ -479,7 +477,7 @@ class BlockDenoiser:
         masked = state.unfinished[:, None].expand_as(cells).clone()
         distributions = None
         while bool(masked.any()):
-            logits = self.model.lm_head(self.model.model.decode_block(cache, cells)).float()
+            logits = self.model.block_logits(cache, cells)
             state.count_calls(decoder=masked.any(dim=1).long())
             tokens, scores = self.strategy.choose(state, logits)
             drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
@@ -517,7 +515,7 @@ class DiffusionDecoding(DecodingStrategy):
             input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
             device=input_ids.device,
         )
-        self.model.model.encode(input_ids, self.cache, attention_mask, with_open_patch=True)
+        self.model.open_block(self.cache, input_ids, attention_mask)
         state.count_calls(global_=1, patcher=1)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
@@ -526,7 +524,7 @@ class DiffusionDecoding(DecodingStrategy):
         return self.denoiser.denoise(state, self.cache, block_size)[0], None
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
-        self.model.model.encode(tokens, self.cache, with_open_patch=True)
+        self.model.open_block(self.cache, tokens)
         state.count_calls(global_=1, patcher=1)
 
 
@@ -572,8 +570,7 @@ class SelfSpeculativeDecoding(DecodingStrategy):
 
     def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
-        hidden_states = self.model.model(input_ids, self.cache, attention_mask)
-        return self.model.lm_head(hidden_states[:, -1]).float()
+        return self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft bytes (batch, draft_length) with the encoder and decoder alone, and the distributions they were
@@ -587,7 +584,7 @@ class SelfSpeculativeDecoding(DecodingStrategy):
             if last is None:
                 logits = self.next_logits
             else:
-                logits = self.model.lm_head(self.model.model.draft_byte(self.cache, last)[:, -1]).float()
+                logits = self.model.draft_logits(self.cache, last)
             scores = state.process(self.logits_processor, logits, drafted)
             if do_sample:
                 distributions.append(scores.softmax(dim=-1))
@@ -624,13 +621,12 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         """
         lengths = self.cache.lengths()
         if self.correction is None:
-            hidden_states = self.model.model(drafted, self.cache, stepwise=True)
-            logits = torch.cat([self.next_logits[:, None], self.model.lm_head(hidden_states).float()], dim=1)
+            logits = self.model.append_bytes(self.cache, drafted, stepwise=True)
+            logits = torch.cat([self.next_logits[:, None], logits], dim=1)
         else:
-            hidden_states = self.model.model(
-                torch.cat([self.correction[:, None], drafted], dim=1), self.cache, stepwise=True
+            logits = self.model.append_bytes(
+                self.cache, torch.cat([self.correction[:, None], drafted], dim=1), stepwise=True
             )
-            logits = self.model.lm_head(hidden_states).float()
             lengths = lengths + 1
         state.count_calls(decoder=1, global_=1, patcher=1)
         scores = state.process_positions(self.logits_processor, logits, drafted)
@@ -693,8 +689,7 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
 
     def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """As for BLT-S, and give the open patch the provisional latent that the next diffusion block reads."""
-        hidden_states = self.model.model(input_ids, self.cache, attention_mask, with_open_patch=True)
-        return self.model.lm_head(hidden_states[:, -1]).float()
+        return self.model.append_bytes(self.cache, input_ids, attention_mask, open_block=True, last_only=True)
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = self.cache.lengths()

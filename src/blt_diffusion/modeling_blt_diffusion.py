@@ -26,7 +26,23 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
+from .block_diffusion_blt_diffusion import (
+    BlockDiffusionLayout,
+    DiffusionBlocks,
+    block_diffusion_attention,
+    diffusion_losses,
+    sample_diffusion_blocks,
+    true_positions,
+)
+from .cache_blt_diffusion import (
+    AttentionContext,
+    BltDiffusionCache,
+    build_attention_context,
+    build_query_attention_context,
+    num_cross_attention_layers,
+)
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
 
@@ -118,175 +134,6 @@ def apply_rotary_pos_emb(
         return torch.view_as_real(pairs * rotations).flatten(-2).to(states.dtype)
 
     return rotate(query), rotate(key)
-
-
-class KeyValueBuffer:
-    """Keys and values of one transformer stack, stored by slot, with a valid range per row.
-
-    Row `r` holds tokens in slots `starts[r] <= slot < ends[r]`; slots before `starts[r]` are left padding. Rows may
-    have different `ends` (speculative decoding accepts different numbers of bytes per row, and rows close patches
-    at different times), so new tokens are written at each row's own end. Buffers grow by doubling.
-
-    Tensors: `keys[layer]`, `values[layer]` of shape (batch, kv_heads, capacity, head_dim).
-    """
-
-    def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        num_kv_heads: int,
-        head_dim: int,
-        capacity: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ):
-        shape = (batch_size, num_kv_heads, max(capacity, 1), head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.starts = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.ends = torch.zeros(batch_size, dtype=torch.long, device=device)
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
-
-    def reserve(self, needed: int) -> None:
-        """Make room for slots up to `needed` (exclusive), doubling the capacity as often as necessary."""
-        if needed <= self.capacity or not self.keys:
-            return
-        new_capacity = self.capacity
-        while new_capacity < needed:
-            new_capacity *= 2
-        for buffers in (self.keys, self.values):
-            for layer_idx, old in enumerate(buffers):
-                grown = old.new_zeros(old.shape[:2] + (new_capacity,) + old.shape[3:])
-                grown[:, :, : old.shape[2]] = old
-                buffers[layer_idx] = grown
-
-    def crop(self, new_ends: torch.Tensor) -> None:
-        """Forget every slot at or after `new_ends` (batch,), e.g. a rejected draft."""
-        self.ends = torch.minimum(self.ends, new_ends.to(self.ends))
-
-
-@dataclass
-class AttentionContext:
-    """What every layer of one stack needs to attend for one call: positions, mask and where its keys live.
-
-    `position_ids` (batch, new), `mask` (batch, 1, new, keys) boolean, True where a query may attend, or None when
-    every query may attend every key. When `buffer` is set, new keys are written at `write_slots` (batch, new), or
-    at `[shared_write_start, shared_write_start + new)` when all rows write there, and attention reads slots
-    `[key_start, key_end)`; otherwise the new keys are all there is (full-sequence forward without a cache).
-    `block_layout` replaces `mask` in block-diffusion training (see `BlockDiffusionLayout`).
-    """
-
-    position_ids: torch.Tensor
-    mask: torch.Tensor | None
-    buffer: KeyValueBuffer | None = None
-    write_slots: torch.Tensor | None = None
-    shared_write_start: int | None = None
-    key_start: int = 0
-    key_end: int = 0
-    block_layout: "BlockDiffusionLayout | None" = None
-
-    def keys_values(
-        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's new keys/values (batch, kv_heads, new, head_dim) and return those to attend."""
-        if self.buffer is None:
-            return keys, values
-        key_buffer = self.buffer.keys[layer_idx]
-        value_buffer = self.buffer.values[layer_idx]
-        if self.shared_write_start is not None:
-            write = slice(self.shared_write_start, self.shared_write_start + keys.shape[2])
-            key_buffer[:, :, write] = keys
-            value_buffer[:, :, write] = values
-        else:
-            rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
-            key_buffer[rows, :, self.write_slots] = keys.transpose(1, 2).to(key_buffer.dtype)
-            value_buffer[rows, :, self.write_slots] = values.transpose(1, 2).to(value_buffer.dtype)
-        return (
-            key_buffer[:, :, self.key_start : self.key_end],
-            value_buffer[:, :, self.key_start : self.key_end],
-        )
-
-
-def build_attention_context(
-    starts: torch.Tensor,
-    ends: torch.Tensor,
-    num_new: int,
-    sliding_window: int | None,
-    buffer: KeyValueBuffer | None,
-) -> AttentionContext:
-    """Positions and causal (optionally sliding-window) mask for `num_new` tokens appended after `ends` (batch,).
-
-    A query in slot q of row r may attend slot s when `starts[r] <= s <= q` and, with a window W, `s > q - W`.
-    Left-padding queries (q < starts[r]) attend only themselves, which keeps them finite and harmless.
-    """
-    device = ends.device
-    new_offsets = torch.arange(num_new, device=device)
-    query_slots = ends[:, None] + new_offsets
-    shared_write_start = None
-    if buffer is None:
-        key_start, key_end = 0, num_new
-    else:
-        earliest, latest = int(ends.min()), int(ends.max())
-        key_end = latest + num_new
-        key_start = 0 if sliding_window is None else max(0, earliest - sliding_window + 1)
-        shared_write_start = earliest if earliest == latest else None
-    key_slots = torch.arange(key_start, key_end, device=device)
-    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
-    if sliding_window is not None:
-        allowed &= key_slots > query_slots[..., None] - sliding_window
-    allowed |= key_slots == query_slots[..., None]
-    return AttentionContext(
-        position_ids=(query_slots - starts[:, None]).clamp(min=0),
-        # SDPA's unmasked path is faster, and one query reading its whole window (a decoding step) needs no mask.
-        mask=None if bool(allowed.all()) else allowed[:, None],
-        buffer=buffer,
-        write_slots=query_slots if buffer is not None else None,
-        shared_write_start=shared_write_start,
-        key_start=key_start,
-        key_end=key_end,
-    )
-
-
-def build_query_attention_context(
-    starts: torch.Tensor,
-    query_slots: torch.Tensor,
-    visible_until: torch.Tensor,
-    sliding_window: int | None,
-    buffer: KeyValueBuffer,
-    write_slots: torch.Tensor | None = None,
-    shared_write_start: int | None = None,
-) -> AttentionContext:
-    """Context for queries that do not simply extend the cache causally (diffusion blocks, verification twins).
-
-    Query i of row r stands at slot `query_slots[r, i]` (its position), writes its keys at `write_slots[r, i]`
-    (default: its own slot) and reads the real slots before `visible_until[r, i]` plus its own key; with a window W,
-    nothing W or more slots behind it. Pass `shared_write_start` when every row writes at that slot onwards.
-
-    Args:
-        starts (`torch.Tensor` of shape `(batch,)`): first real slot of each row.
-        query_slots, visible_until (`torch.Tensor` of shape `(batch, queries)`).
-        write_slots (`torch.Tensor` of shape `(batch, queries)`, *optional*).
-    """
-    write_slots = query_slots if write_slots is None else write_slots
-    key_start = 0 if sliding_window is None else max(0, int(query_slots.min()) - sliding_window + 1)
-    key_end = int(write_slots.max()) + 1
-    key_slots = torch.arange(key_start, key_end, device=starts.device)
-    allowed = (key_slots >= starts[:, None, None]) & (key_slots < visible_until[..., None])
-    if sliding_window is not None:
-        allowed &= key_slots > query_slots[..., None] - sliding_window
-    allowed |= key_slots == write_slots[..., None]
-    return AttentionContext(
-        position_ids=(query_slots - starts[:, None]).clamp(min=0),
-        mask=allowed[:, None],
-        buffer=buffer,
-        write_slots=write_slots,
-        shared_write_start=shared_write_start,
-        key_start=key_start,
-        key_end=key_end,
-    )
 
 
 class BltDiffusionSelfAttention(nn.Module):
@@ -423,11 +270,6 @@ class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
 
 def transformer_layers(config) -> nn.ModuleList:
     return nn.ModuleList(BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers))
-
-
-def num_cross_attention_layers(config) -> int:
-    """One cross-attention before every layer with `cross_attn_all_layers`, else one before the first."""
-    return config.num_hidden_layers if config.cross_attn_all_layers else 1
 
 
 def cross_attention_layers(config) -> nn.ModuleList:
@@ -637,135 +479,6 @@ class BltDiffusionByteNgramHasher(nn.Module):
         return hashes % self.config.encoder_hash_byte_group_vocab + self.table_offsets
 
 
-class BltDiffusionCache:
-    """Everything incremental BLT decoding keeps between calls, for every level of the model.
-
-    Byte level (slots shared by all byte buffers, left padding before `starts`): patcher, encoder and decoder
-    key/value buffers, the byte ids (for hash n-grams), the encoder outputs (for pooling the open patch) and which
-    bytes end a patch. Patch level: global key/value buffer and, per decoder cross-attention layer, the projected
-    keys/values of every closed patch. The open patch is the run of bytes after the last patch end.
-
-    The decoder may lag the other byte buffers by one slot: with `max_patch_length`, stock BLT decodes the newest
-    byte against the latent before its own patch even when that byte closes the patch, and uses its own patch only
-    once another byte follows. The newest byte is then re-decoded on the next call.
-    """
-
-    def __init__(
-        self,
-        config: BltDiffusionConfig,
-        batch_size: int,
-        capacity: int,
-        dtype: torch.dtype,
-        device: torch.device | str,
-    ):
-        device = torch.device(device)
-        capacity = max(int(capacity), 1)
-        self.newest_byte_is_provisional = config.max_patch_length is not None and config.patch_in_forward
-        self.patches_closed_last_call = torch.zeros(batch_size, dtype=torch.long, device=device)
-
-        def stack_buffer(sub_config, slots):
-            return KeyValueBuffer(
-                sub_config.num_hidden_layers,
-                batch_size,
-                sub_config.num_key_value_heads,
-                sub_config.hidden_size // sub_config.num_attention_heads,
-                slots,
-                dtype,
-                device,
-            )
-
-        self.patcher = stack_buffer(config.patcher_config, capacity) if config.patch_in_forward else None
-        self.encoder = stack_buffer(config.encoder_config, capacity)
-        self.decoder = stack_buffer(config.decoder_config, capacity)
-        self.global_transformer = stack_buffer(config.global_config, capacity)
-        decoder_config = config.decoder_config
-        latent_shape = (
-            batch_size,
-            capacity,
-            config.cross_attn_k,
-            decoder_config.num_key_value_heads,
-            decoder_config.hidden_size // decoder_config.num_attention_heads,
-        )
-        self.latent_keys_values = [
-            (
-                torch.zeros(latent_shape, dtype=dtype, device=device),
-                torch.zeros(latent_shape, dtype=dtype, device=device),
-            )
-            for _ in range(num_cross_attention_layers(decoder_config))
-        ]
-        self.token_ids = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
-        self.encoder_states = torch.zeros(
-            batch_size, capacity, config.encoder_config.hidden_size, dtype=dtype, device=device
-        )
-        self.ends_patch = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
-
-    @property
-    def batch_size(self) -> int:
-        return self.token_ids.shape[0]
-
-    @property
-    def starts(self) -> torch.Tensor:
-        """First real slot of each row (batch,): the number of left-padding slots."""
-        return self.encoder.starts
-
-    @property
-    def byte_ends(self) -> torch.Tensor:
-        """One past the last byte of each row (batch,)."""
-        return self.encoder.ends
-
-    @property
-    def num_patches(self) -> torch.Tensor:
-        """Closed patches of each row (batch,)."""
-        return self.global_transformer.ends
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Longest row, in slots (left padding included), as transformers' caches report it."""
-        return int(self.byte_ends.max())
-
-    def lengths(self) -> torch.Tensor:
-        """Bytes held by each row, padding excluded (batch,)."""
-        return self.byte_ends - self.starts
-
-    def _byte_level_buffers(self) -> list[KeyValueBuffer]:
-        return [buffer for buffer in (self.patcher, self.encoder, self.decoder) if buffer is not None]
-
-    def reserve(self, needed: int) -> None:
-        """Make room for `needed` byte slots (and as many patches) per row."""
-        for buffer in self._byte_level_buffers() + [self.global_transformer]:
-            buffer.reserve(needed)
-        capacity = self.token_ids.shape[1]
-        if needed <= capacity:
-            return
-        new_capacity = max(needed, 2 * capacity)
-
-        def grow(tensor: torch.Tensor) -> torch.Tensor:
-            grown = tensor.new_zeros((tensor.shape[0], new_capacity) + tensor.shape[2:])
-            grown[:, :capacity] = tensor
-            return grown
-
-        self.token_ids = grow(self.token_ids)
-        self.encoder_states = grow(self.encoder_states)
-        self.ends_patch = grow(self.ends_patch)
-        self.latent_keys_values = [(grow(keys), grow(values)) for keys, values in self.latent_keys_values]
-
-    def crop(self, lengths: torch.Tensor | int) -> None:
-        """Roll every level back so that row r keeps its first `lengths[r]` bytes (padding excluded).
-
-        Patches that ended in the removed bytes are forgotten; a patch cut in two becomes the open patch again.
-        """
-        if isinstance(lengths, int):
-            lengths = torch.full_like(self.starts, lengths)
-        new_ends = torch.minimum(self.starts + lengths.to(self.starts), self.byte_ends)
-        for buffer in self._byte_level_buffers():
-            buffer.crop(new_ends)
-        slots = torch.arange(self.ends_patch.shape[1], device=new_ends.device)
-        kept = (slots >= self.starts[:, None]) & (slots < new_ends[:, None])
-        self.global_transformer.ends = (self.ends_patch & kept).sum(dim=1)
-        if self.newest_byte_is_provisional:
-            newest_ends_patch = self.ends_patch.gather(1, (new_ends - 1).clamp(min=0)[:, None])[:, 0]
-            self.decoder.ends = torch.minimum(self.decoder.ends, new_ends - newest_ends_patch.long())
-
-
 @dataclass
 class PatchSegmentation:
     """Where patches end among the bytes of one call and which latent each byte reads.
@@ -829,148 +542,6 @@ class FrontierTwins:
     slots: torch.Tensor
     write_slots: torch.Tensor
     targets: torch.Tensor
-
-
-@dataclass
-class DiffusionBlocks:
-    """Corrupted blocks of the block-diffusion objective (BLT-D): B cells each, anchored at patch starts.
-
-    A block anchored at slot s covers the bytes at slots s .. s + B - 1, keeps their positions for RoPE, reads the
-    latent of the patch that ends at s - 1 and sees only clean bytes before s. `starts` (batch, blocks): the anchor
-    slot, -1 where a row has fewer blocks. `input_ids` (batch, blocks, B): each cell's input, its byte or the mask
-    id. `masked` (batch, blocks, B): cells replaced by the mask. `targets` (batch, blocks, B): the byte at each
-    cell's own position, -100 past the end of the row or where the label is ignored. `valid` (batch, blocks, B):
-    cells inside their row (cells past the end are padding that no cell attends). `mask_ratio` (batch,): the
-    example's masking probability t; masked cells are weighted 1 / t in the loss.
-    """
-
-    starts: torch.Tensor
-    input_ids: torch.Tensor
-    masked: torch.Tensor
-    targets: torch.Tensor
-    valid: torch.Tensor
-    mask_ratio: torch.Tensor
-
-    @property
-    def block_size(self) -> int:
-        return self.input_ids.shape[-1]
-
-    def cell_slots(self) -> torch.Tensor:
-        """Slot of every cell, (batch, blocks * B); cells of absent blocks get slot -1."""
-        offsets = torch.arange(self.block_size, device=self.starts.device)
-        slots = (self.starts[..., None] + offsets).masked_fill(self.starts[..., None] < 0, -1)
-        return slots.flatten(1)
-
-
-def true_positions(mask: torch.Tensor, fill: int) -> torch.Tensor:
-    """Positions of each row's True entries in order, (batch, length) -> (batch, most_true), padded with `fill`."""
-    length = mask.shape[1]
-    positions = torch.arange(length, device=mask.device).expand_as(mask)
-    # Sorting puts the True positions first, in order; the others are pushed past the end, then filled.
-    ordered = torch.where(mask, positions, positions + length).sort(dim=1).values
-    ordered = ordered[:, : max(int(mask.sum(dim=1).max()), 1)]
-    return ordered.masked_fill(ordered >= length, fill)
-
-
-def patch_start_slots(ends_patch: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Slots where a patch other than the first starts, (batch, seq) -> (batch, most_starts), -1 padded.
-
-    A slot starts a patch when the byte before it ends one. The first patch (BOS) anchors no block, as in the paper.
-    """
-    starts_patch = torch.zeros_like(ends_patch)
-    starts_patch[:, 1:] = ends_patch[:, :-1] & real[:, 1:]
-    return true_positions(starts_patch, fill=-1)
-
-
-@dataclass
-class BlockDiffusionLayout:
-    """Who may attend whom in a training pass over [clean bytes ; block cells], kept in parts so that attention
-    never scores the pairs that are always excluded (clean bytes reading cells, cells reading other blocks).
-
-    Clean bytes attend clean bytes causally (`clean_mask`). A cell attends the clean bytes strictly before its
-    block's anchor (`cells_to_clean`), never its own clean twin or anything after it, and the cells of its own
-    block bidirectionally (`cells_to_block`). With a window W, no query reads a clean key W or more positions behind.
-
-    `clean_mask` (batch, 1, clean, clean) or None when all may attend; `cells_to_clean` (batch, 1, cells, clean);
-    `cells_to_block` (batch, 1, blocks, B, B); padding cells are no key but themselves.
-    """
-
-    num_clean: int
-    block_size: int
-    clean_mask: torch.Tensor | None
-    cells_to_clean: torch.Tensor
-    cells_to_block: torch.Tensor
-
-    @classmethod
-    def build(
-        cls, starts: torch.Tensor, num_clean: int, blocks: DiffusionBlocks, window: int | None
-    ) -> "BlockDiffusionLayout":
-        """Layout for `blocks` over `num_clean` clean slots whose rows start at `starts` (batch,)."""
-        device = starts.device
-        clean_context = build_attention_context(starts, torch.zeros_like(starts), num_clean, window, None)
-        clean_slots = torch.arange(num_clean, device=device)
-        cell_slots = blocks.cell_slots()
-        anchors = blocks.starts.repeat_interleave(blocks.block_size, dim=1)
-        cells_to_clean = (clean_slots < anchors[..., None]) & (clean_slots >= starts[:, None, None])
-        if window is not None:
-            cells_to_clean &= clean_slots > cell_slots[..., None] - window
-        own = torch.eye(blocks.block_size, dtype=torch.bool, device=device)
-        cells_to_block = blocks.valid[:, :, None, :] | own
-        return cls(
-            num_clean=num_clean,
-            block_size=blocks.block_size,
-            clean_mask=clean_context.mask,
-            cells_to_clean=cells_to_clean[:, None],
-            cells_to_block=cells_to_block[:, None],
-        )
-
-    def dense_mask(self) -> torch.Tensor:
-        """The whole boolean mask, (batch, 1, clean + cells, clean + cells): for inspection and tests."""
-        batch_size, _, num_blocks, block_size, _ = self.cells_to_block.shape
-        num_cells = num_blocks * block_size
-        device = self.cells_to_clean.device
-        clean_mask = self.clean_mask
-        if clean_mask is None:
-            clean_mask = torch.ones(batch_size, 1, self.num_clean, self.num_clean, dtype=torch.bool, device=device)
-        cells_to_cells = torch.zeros(
-            batch_size, 1, num_blocks, block_size, num_blocks, block_size, dtype=torch.bool, device=device
-        )
-        blocks = torch.arange(num_blocks, device=device)
-        # Indexing two separated dimensions moves the block dimension to the front.
-        cells_to_cells[:, :, blocks, :, blocks, :] = self.cells_to_block.permute(2, 0, 1, 3, 4)
-        cells_to_cells = cells_to_cells.reshape(batch_size, 1, num_cells, num_cells)
-        clean_rows = torch.cat([clean_mask, clean_mask.new_zeros(batch_size, 1, self.num_clean, num_cells)], dim=3)
-        cell_rows = torch.cat([self.cells_to_clean, cells_to_cells], dim=3)
-        return torch.cat([clean_rows, cell_rows], dim=2)
-
-
-def block_diffusion_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: BlockDiffusionLayout, dropout: float
-) -> torch.Tensor:
-    """Attention over [clean bytes ; block cells] in parts: (batch, heads, clean + cells, head_dim) queries, keys and
-    values with as many heads -> (batch, heads, clean + cells, head_dim).
-
-    Cells score only the clean keys and their own block's keys, (cells x clean) + (cells x B) instead of the dense
-    (clean + cells)^2, which is what makes training with large blocks affordable.
-    """
-    num_clean, block_size = layout.num_clean, layout.block_size
-    clean_keys, clean_values = key[:, :, :num_clean], value[:, :, :num_clean]
-    clean_output = F.scaled_dot_product_attention(
-        query[:, :, :num_clean], clean_keys, clean_values, attn_mask=layout.clean_mask, dropout_p=dropout
-    )
-    scale = query.shape[-1] ** -0.5
-    cell_queries = query[:, :, num_clean:].unflatten(2, (-1, block_size))
-    block_keys = key[:, :, num_clean:].unflatten(2, (-1, block_size))
-    block_values = value[:, :, num_clean:].unflatten(2, (-1, block_size))
-    scores_clean = (cell_queries.flatten(2, 3) @ clean_keys.transpose(-1, -2)) * scale
-    scores_clean = scores_clean.masked_fill(~layout.cells_to_clean, float("-inf"))
-    scores_block = (cell_queries @ block_keys.transpose(-1, -2)) * scale
-    scores_block = scores_block.masked_fill(~layout.cells_to_block, float("-inf")).flatten(2, 3)
-    weights = torch.cat([scores_clean, scores_block], dim=-1).softmax(dim=-1, dtype=torch.float32)
-    weights = F.dropout(weights.to(query.dtype), p=dropout)
-    cell_output = weights[..., :num_clean] @ clean_values
-    cell_output = cell_output + (weights[..., num_clean:].unflatten(2, (-1, block_size)) @ block_values).flatten(2, 3)
-    return torch.cat([clean_output, cell_output], dim=2)
 
 
 class BltDiffusionPreTrainedModel(PreTrainedModel):
@@ -1150,8 +721,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
 
         `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
         see `decode_block`."""
-        batch_size, num_new = input_ids.shape
-        device = input_ids.device
+        num_new = input_ids.shape[1]
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
         positions = slots - starts[:, None]
         token_ids = input_ids.masked_fill(~real, 0)
@@ -1180,14 +750,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             cache, byte_states, segmentation, open_patch_start, byte_ends, starts, num_patches, with_open_patch
         )
         if cache is not None:
-            cache.patches_closed_last_call = segmentation.new_patches
-            rows = torch.arange(batch_size, device=device)[:, None]
-            cache.token_ids[rows, slots] = token_ids
-            cache.encoder_states[rows, slots] = byte_states.to(cache.encoder_states.dtype)
-            cache.ends_patch[rows, slots] = segmentation.ends_patch
-            for buffer in [cache.patcher, cache.encoder]:
-                if buffer is not None:
-                    buffer.ends = byte_ends + num_new
+            cache.append_bytes(slots, token_ids, byte_states, segmentation.ends_patch)
         return EncodedBytes(
             byte_states=byte_states,
             segmentation=segmentation,
@@ -1291,7 +854,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             gather_latents(cache.latent_keys_values, latent_targets),
             context,
         )
-        cache.decoder.ends = block_starts - (~newest_is_final).long()
+        cache.mark_decoded(block_starts, newest_is_final, read_open_patch_latent=True)
         return states[:, -block_size:]
 
     def _append_slots(
@@ -1302,16 +865,14 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         left padding."""
         batch_size, num_new = input_ids.shape
         device = input_ids.device
-        if cache is None or int(cache.byte_ends.max()) == 0:
+        if cache is None or cache.is_empty():
             starts = (
                 torch.zeros(batch_size, dtype=torch.long, device=device)
                 if attention_mask is None
                 else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
             )
             if cache is not None:
-                for buffer in cache._byte_level_buffers():
-                    buffer.starts = starts.clone()
-                    buffer.ends = starts.new_zeros(batch_size)
+                cache.start_rows(starts)
         else:
             starts = cache.starts
         byte_ends = cache.byte_ends if cache is not None else torch.zeros_like(starts)
@@ -1356,9 +917,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder
         )
         byte_states = self.local_encoder(byte_embeddings, encoder_context)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
-        cache.token_ids[rows, slots] = input_ids
-        cache.encoder.ends = byte_ends + 1
+        cache.append_draft_byte(slots, input_ids)
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(
             ends_patch=torch.zeros_like(real),
@@ -1436,12 +995,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         new_keys_values = self.local_decoder.latent_keys_values(global_states)
         if cache is None:
             return new_keys_values
-        cache.global_transformer.ends = num_patches + segmentation.new_patches
-        rows = torch.arange(batch_size, device=device)[:, None]
-        patch_slots = num_patches[:, None] + torch.arange(num_pooled, device=device)
-        for (key_buffer, value_buffer), (keys, values) in zip(cache.latent_keys_values, new_keys_values, strict=True):
-            key_buffer[rows, patch_slots] = keys.to(key_buffer.dtype)
-            value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
+        cache.append_patches(new_keys_values, segmentation.new_patches)
         return cache.latent_keys_values
 
     def _decode(self, cache: BltDiffusionCache | None, encoded: EncodedBytes, stepwise: bool = False) -> torch.Tensor:
@@ -1450,7 +1004,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         num_new = byte_states.shape[1]
         decoder_targets = encoded.segmentation.decoder_target
         decoder_start = encoded.byte_ends
-        if cache is not None and bool((cache.decoder.ends < encoded.byte_ends).any()):
+        if cache is not None and cache.decoder_lags_behind(encoded.byte_ends):
             # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
             # again with its final one, in every row to keep one shape (identically where it was final already).
             decoder_start = encoded.byte_ends - 1
@@ -1471,9 +1025,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
                 cache, encoded, byte_states, decoder_targets, decoder_start, twins
             )
         if cache is not None:
-            cache.decoder.ends = decoder_start + byte_states.shape[1]
-            if cache.newest_byte_is_provisional:
-                cache.decoder.ends = cache.decoder.ends - encoded.segmentation.ends_patch[:, -1].long()
+            cache.mark_decoded(decoder_start + byte_states.shape[1], encoded.segmentation.ends_patch[:, -1])
         return decoder_states
 
     def _decoder_context(
@@ -1627,11 +1179,12 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         if not allow_right_padding and bool((~mask[:, -1]).any()):
             raise ValueError("Right padding is not supported here: pad on the left (tokenizer.padding_side = 'left').")
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: BltDiffusionCache | None = None,
+        cache: BltDiffusionCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -1641,11 +1194,12 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
     ) -> BltDiffusionCausalLMOutput:
         r"""
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `past_key_values`,
-                the bytes that follow what the cache holds.
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `cache`, the bytes
+                that follow what the cache holds.
             attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding. Left padding
                 always; right padding only without a cache (labels there should be -100).
-            past_key_values (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one.
+            cache (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one. Formerly
+                `past_key_values`, still accepted until transformers 5.40 as for every transformers model.
             labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets for the shifted next-byte loss,
                 -100 to ignore.
             logits_to_keep (`int` or `torch.Tensor`, *optional*): keep only the last n positions' logits (0: all).
@@ -1663,28 +1217,81 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             raise ValueError("`input_ids` is required.")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
-        past_key_values = past_key_values if past_key_values is not None else kwargs.pop("cache", None)
-        cache_is_empty = past_key_values is None or int(past_key_values.byte_ends.max()) == 0
-        self.validate_inputs(input_ids, attention_mask, allow_right_padding=past_key_values is None and not use_cache)
+        cache_is_empty = cache is None or cache.is_empty()
+        self.validate_inputs(input_ids, attention_mask, allow_right_padding=cache is None and not use_cache)
         if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
             raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
         diffusion = diffusion_blocks is not None or (labels is not None and self.config.diffusion_block_size > 0)
         if diffusion:
-            if past_key_values is not None or use_cache:
+            if cache is not None or use_cache:
                 raise ValueError("The block-diffusion objective runs on whole sequences: do not pass a cache.")
             return self._forward_diffusion(input_ids, attention_mask, labels, diffusion_blocks, **kwargs)
-        if past_key_values is None and use_cache:
-            past_key_values = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
-        hidden_states = self.model(input_ids, cache=past_key_values, attention_mask=attention_mask)
+        if cache is None and use_cache:
+            cache = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
+        hidden_states = self.model(input_ids, cache=cache, attention_mask=attention_mask)
         if isinstance(logits_to_keep, int):
             hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
         else:
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states).float()
+        logits = self.compute_logits(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=past_key_values)
+        return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=cache)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The LM head: decoder states (..., decoder_hidden) -> float32 next-byte logits (..., vocab)."""
+        return self.lm_head(hidden_states).float()
+
+    def append_bytes(
+        self,
+        cache: BltDiffusionCache,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        stepwise: bool = False,
+        open_block: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Decoding interface: append bytes to `cache` through the whole model and return next-byte logits.
+
+        Args:
+            cache (`BltDiffusionCache`): updated in place.
+            input_ids (`torch.Tensor` of shape `(batch, new)`): bytes after those the cache holds (the prompt, left
+                padded under `attention_mask`, on an empty cache).
+            stepwise (`bool`): give every byte the output that appending the bytes one at a time would give, as
+                verifying a draft needs.
+            open_block (`bool`): also give the open patch the provisional latent that a diffusion block appended
+                next reads, so that `block_logits` can follow.
+            last_only (`bool`): return only the logits after the last byte.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, vocab)`, or `(batch, vocab)` with `last_only`: the logits of the
+            byte following each new byte.
+        """
+        hidden_states = self.model(input_ids, cache, attention_mask, stepwise=stepwise, with_open_patch=open_block)
+        return self.compute_logits(hidden_states[:, -1] if last_only else hidden_states)
+
+    def open_block(
+        self, cache: BltDiffusionCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> None:
+        """Decoding interface, BLT-D: append committed bytes (batch, new) to every level but the local decoder (it
+        reads them with the block's first denoising step) and open a diffusion block after them."""
+        self.model.encode(input_ids, cache, attention_mask, with_open_patch=True)
+
+    def block_logits(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """Decoding interface, BLT-D: one denoising step of the block opened after the cache's bytes.
+
+        `cell_ids` (batch, block): byte ids, `config.diffusion_mask_id` for masked cells -> each cell's logits
+        (batch, block, vocab). The cache keeps nothing of the cells.
+        """
+        return self.compute_logits(self.model.decode_block(cache, cell_ids))
+
+    def draft_logits(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
+        """Decoding interface, BLT-S: append one drafted byte per row (batch, 1) to the local encoder and decoder
+        only, reading the last closed latent, and return the logits after it (batch, vocab). Crop the cache back
+        before the drafts are verified with `append_bytes(..., stepwise=True)`."""
+        return self.compute_logits(self.model.draft_byte(cache, input_ids)[:, -1])
 
     def _forward_diffusion(
         self,
@@ -1698,14 +1305,14 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         bytes."""
         encoded = self.model.encode(input_ids, attention_mask=attention_mask)
         if diffusion_blocks is None:
-            diffusion_blocks = self.sample_diffusion_blocks(input_ids, labels, attention_mask, encoded)
+            diffusion_blocks = sample_diffusion_blocks(self.config, input_ids, labels, attention_mask, encoded)
         clean_states, cell_states = self.model.decode_with_blocks(encoded, diffusion_blocks)
-        logits = self.lm_head(clean_states).float()
-        diffusion_logits = self.lm_head(cell_states).float()
+        logits = self.compute_logits(clean_states)
+        diffusion_logits = self.compute_logits(cell_states)
         clean_loss = diffusion_loss = loss = None
         if labels is not None:
-            clean_loss, diffusion_loss = self.diffusion_losses(
-                logits, diffusion_logits, labels, diffusion_blocks, **kwargs
+            clean_loss, diffusion_loss = diffusion_losses(
+                self.config, self.loss_function, logits, diffusion_logits, labels, diffusion_blocks, **kwargs
             )
             loss = clean_loss + diffusion_loss
         return BltDiffusionCausalLMOutput(
@@ -1716,100 +1323,5 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             diffusion_logits=diffusion_logits,
         )
 
-    def sample_diffusion_blocks(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        encoded: EncodedBytes,
-        generator: torch.Generator | None = None,
-    ) -> DiffusionBlocks:
-        """Corrupt one block of `diffusion_block_size` bytes at every patch start after the first.
 
-        Each example draws one masking probability t = eps + (1 - eps) * u, u ~ U(0, 1), with eps =
-        `config.diffusion_min_mask_ratio`: t stays uniform but never reaches 0, where the 1 / t weight would explode
-        (the same clipping as LLaDA). Every cell inside the row is then masked independently with probability t.
-        Cells past the end of a row are padding: never masked, never supervised, invisible to other cells.
-
-        Args:
-            input_ids (`torch.Tensor` of shape `(batch, seq)`): the clean bytes.
-            labels (`torch.Tensor` of shape `(batch, seq)`, *optional*): unshifted labels (-100 to ignore); cells
-                predict `labels` at their own position. Without labels, cells predict `input_ids`.
-            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding (either side).
-            encoded (`EncodedBytes`): the output of `model.encode` for these bytes, which gives the patch starts.
-            generator (`torch.Generator`, *optional*): randomness for t and the masks.
-        """
-        config = self.config
-        block_size = config.diffusion_block_size
-        batch_size, seq_length = input_ids.shape
-        device = input_ids.device
-        in_row = encoded.real if attention_mask is None else encoded.real & attention_mask.bool()
-        row_ends = encoded.starts + in_row.sum(dim=1)
-        anchors = patch_start_slots(encoded.segmentation.ends_patch, in_row)
-        slots = anchors[..., None] + torch.arange(block_size, device=device)
-        valid = (anchors[..., None] >= 0) & (slots < row_ends[:, None, None])
-        gather_slots = slots.clamp(0, seq_length - 1).flatten(1)
-        cell_bytes = input_ids.gather(1, gather_slots).view_as(slots)
-        targets = (labels if labels is not None else input_ids).gather(1, gather_slots).view_as(slots)
-        targets = targets.masked_fill(~valid, -100)
-
-        eps = config.diffusion_min_mask_ratio
-        mask_ratio = eps + (1 - eps) * torch.rand(batch_size, device=device, generator=generator)
-        draws = torch.rand(slots.shape, device=device, generator=generator)
-        masked = valid & (draws < mask_ratio[:, None, None])
-        cell_inputs = torch.where(valid, cell_bytes, config.pad_token_id)
-        return DiffusionBlocks(
-            starts=anchors,
-            input_ids=cell_inputs.masked_fill(masked, config.diffusion_mask_id),
-            masked=masked,
-            targets=targets,
-            valid=valid,
-            mask_ratio=mask_ratio,
-        )
-
-    def diffusion_losses(
-        self,
-        logits: torch.Tensor,
-        diffusion_logits: torch.Tensor,
-        labels: torch.Tensor,
-        blocks: DiffusionBlocks,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two terms of the BLT-D objective (Eq. 5-7): next-byte loss on clean bytes, and the 1/t-weighted loss
-        of masked cells predicting the byte at their own position.
-
-        `config.diffusion_loss_reduction` chooses how each term is normalised:
-
-        - `"mean"` (default): the clean term is the mean over supervised bytes, exactly a plain BLT's loss (so it
-          reads as bits per byte and a BLT-D model's clean loss compares with a BLT's); the diffusion term is the
-          weighted sum over masked cells divided by the number of supervised cells, an unbiased estimate of the mean
-          per-cell loss since each cell is masked with probability t. Both are per byte, weighted 1:1. The paper's
-          plain sums would weight the diffusion term about B / (bytes per patch) times more than next-byte
-          prediction, which verification (BLT-S, BLT-DV) relies on.
-        - `"sum"`: the paper's sums as written, both divided by the same count (supervised clean bytes) so that the
-          learning rate does not depend on batch size; relative weights are exactly the paper's.
-
-        Returns:
-            `clean_loss`, `diffusion_loss`, scalars.
-        """
-        reduction = self.config.diffusion_loss_reduction
-        vocab_size = self.config.vocab_size
-        cell_losses = F.cross_entropy(
-            diffusion_logits.flatten(0, -2), blocks.targets.flatten(), ignore_index=-100, reduction="none"
-        ).view_as(blocks.targets)
-        weights = blocks.masked.to(cell_losses.dtype) / blocks.mask_ratio[:, None, None]
-        weighted_sum = (cell_losses * weights).sum()
-        if reduction == "mean":
-            clean_loss = self.loss_function(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch)
-            supervised_cells = (blocks.targets != -100).sum().clamp(min=1)
-            return clean_loss, weighted_sum / supervised_cells
-        shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
-        clean_sum = F.cross_entropy(
-            logits.flatten(0, -2), shift_labels.flatten().to(logits.device), ignore_index=-100, reduction="sum"
-        )
-        count = num_items_in_batch if num_items_in_batch is not None else (shift_labels != -100).sum().clamp(min=1)
-        return clean_sum / count, weighted_sum / count
-
-
-__all__ = ["BltDiffusionCache", "BltDiffusionForCausalLM", "BltDiffusionModel", "BltDiffusionPreTrainedModel"]
+__all__ = ["BltDiffusionForCausalLM", "BltDiffusionModel", "BltDiffusionPreTrainedModel"]

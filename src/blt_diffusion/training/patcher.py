@@ -14,7 +14,8 @@ from torch import nn
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, build_attention_context, run_layers
+from ..cache_blt_diffusion import build_attention_context
+from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, run_layers
 from .trainer import BltTrainer, TimeLimitCallback, training_arguments
 
 
