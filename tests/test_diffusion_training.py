@@ -32,6 +32,24 @@ def sampled_blocks(model, input_ids, seed=0, attention_mask=None) -> DiffusionBl
     return sample_diffusion_blocks(model.config, input_ids, input_ids, attention_mask, encoded, generator=generator)
 
 
+def dense_mask(layout: BlockDiffusionLayout) -> torch.Tensor:
+    """The whole boolean mask a layout stands for, (batch, 1, clean + cells, clean + cells), to compare with."""
+    batch_size, _, num_blocks, block_size, _ = layout.cells_to_block.shape
+    num_cells = num_blocks * block_size
+    num_clean = layout.num_clean
+    clean_mask = layout.clean_mask
+    if clean_mask is None:
+        clean_mask = torch.ones(batch_size, 1, num_clean, num_clean, dtype=torch.bool)
+    cells_to_cells = torch.zeros(batch_size, 1, num_blocks, block_size, num_blocks, block_size, dtype=torch.bool)
+    blocks = torch.arange(num_blocks)
+    # Indexing two separated dimensions moves the block dimension to the front.
+    cells_to_cells[:, :, blocks, :, blocks, :] = layout.cells_to_block.permute(2, 0, 1, 3, 4)
+    cells_to_cells = cells_to_cells.reshape(batch_size, 1, num_cells, num_cells)
+    clean_rows = torch.cat([clean_mask, clean_mask.new_zeros(batch_size, 1, num_clean, num_cells)], dim=3)
+    cell_rows = torch.cat([layout.cells_to_clean, cells_to_cells], dim=3)
+    return torch.cat([clean_rows, cell_rows], dim=2)
+
+
 def run(model, input_ids, blocks, labels=None):
     with torch.no_grad():
         return model(input_ids, labels=labels, diffusion_blocks=blocks)
@@ -139,7 +157,7 @@ def test_no_cell_may_attend_its_own_clean_twin_or_anything_after_its_block_start
     input_ids = text_ids(source_text(150))
     blocks = sampled_blocks(model, input_ids)
     num_clean = input_ids.shape[1]
-    mask = BlockDiffusionLayout.build(torch.zeros(1, dtype=torch.long), num_clean, blocks, None).dense_mask()[0, 0]
+    mask = dense_mask(BlockDiffusionLayout.build(torch.zeros(1, dtype=torch.long), num_clean, blocks, None))[0, 0]
     cell_rows = mask[num_clean:, :num_clean]
     anchors = blocks.starts[0].repeat_interleave(BLOCK_SIZE)
     clean_slots = torch.arange(num_clean)
@@ -296,7 +314,7 @@ def test_attention_in_parts_equals_dense_attention_under_the_full_mask(models):
     encoded = model.model.encode(input_ids, attention_mask=attention_mask)
     blocks = sample_diffusion_blocks(model.config, input_ids, input_ids, attention_mask, encoded)
     layout = BlockDiffusionLayout.build(encoded.starts, input_ids.shape[1], blocks, window=16)
-    dense = layout.dense_mask()
+    dense = dense_mask(layout)
     num_positions = dense.shape[-1]
     query, key, value = torch.randn(3, 2, 4, num_positions, 8, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=dense)

@@ -112,25 +112,6 @@ class BlockDiffusionLayout:
             cells_to_block=cells_to_block[:, None],
         )
 
-    def dense_mask(self) -> torch.Tensor:
-        """The whole boolean mask, (batch, 1, clean + cells, clean + cells): for inspection and tests."""
-        batch_size, _, num_blocks, block_size, _ = self.cells_to_block.shape
-        num_cells = num_blocks * block_size
-        device = self.cells_to_clean.device
-        clean_mask = self.clean_mask
-        if clean_mask is None:
-            clean_mask = torch.ones(batch_size, 1, self.num_clean, self.num_clean, dtype=torch.bool, device=device)
-        cells_to_cells = torch.zeros(
-            batch_size, 1, num_blocks, block_size, num_blocks, block_size, dtype=torch.bool, device=device
-        )
-        blocks = torch.arange(num_blocks, device=device)
-        # Indexing two separated dimensions moves the block dimension to the front.
-        cells_to_cells[:, :, blocks, :, blocks, :] = self.cells_to_block.permute(2, 0, 1, 3, 4)
-        cells_to_cells = cells_to_cells.reshape(batch_size, 1, num_cells, num_cells)
-        clean_rows = torch.cat([clean_mask, clean_mask.new_zeros(batch_size, 1, self.num_clean, num_cells)], dim=3)
-        cell_rows = torch.cat([self.cells_to_clean, cells_to_cells], dim=3)
-        return torch.cat([clean_rows, cell_rows], dim=2)
-
 
 def block_diffusion_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: BlockDiffusionLayout, dropout: float

@@ -10,10 +10,7 @@ from transformers.models.blt.configuration_blt import (
 )
 
 # The byte vocabulary is fixed by the tokenizer, so these ids are part of the format, not of a checkpoint.
-BOS_TOKEN_ID = 1
-EOS_TOKEN_ID = 2
-PAD_TOKEN_ID = 3
-DIFFUSION_MASK_ID = 260
+from .tokenization_blt_diffusion import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 
 
 @strict
@@ -30,7 +27,7 @@ class BltDiffusionConfig(BltConfig):
         diffusion parameters.
     diffusion_loss_reduction (`str`, *optional*, defaults to `"mean"`):
         How the two BLT-D loss terms are normalised: `"mean"` (each per byte, weighted 1:1) or `"sum"` (the paper's
-        sums, sharing one normaliser). See `BltDiffusionForCausalLM.diffusion_losses`.
+        sums, sharing one normaliser). See `block_diffusion_blt_diffusion.diffusion_losses`.
     diffusion_min_mask_ratio (`float`, *optional*, defaults to 0.001):
         Lower end of the per-example masking probability t, drawn uniformly from [this, 1] so that the 1/t loss
         weight stays bounded.
@@ -64,15 +61,15 @@ class BltDiffusionConfig(BltConfig):
     }
 
     diffusion_block_size: int = 0
-    diffusion_mask_id: int = DIFFUSION_MASK_ID
+    diffusion_mask_id: int = MASK_ID
     diffusion_loss_reduction: str = "mean"
     diffusion_min_mask_ratio: float = 1e-3
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
-    pad_token_id: int | None = PAD_TOKEN_ID
-    bos_token_id: int | None = BOS_TOKEN_ID
-    eos_token_id: int | list[int] | None = EOS_TOKEN_ID
+    pad_token_id: int | None = PAD_ID
+    bos_token_id: int | None = BOS_ID
+    eos_token_id: int | list[int] | None = EOS_ID
 
     def __post_init__(self, **kwargs):
         # A stock checkpoint's dict says model_type "blt"; the class attribute must win.
@@ -82,9 +79,9 @@ class BltDiffusionConfig(BltConfig):
         self.hidden_size = self.global_config.hidden_size
         self.num_attention_heads = self.global_config.num_attention_heads
         # Stock BLT checkpoints often leave the special ids unset; the byte convention fixes them.
-        self.bos_token_id = BOS_TOKEN_ID if self.bos_token_id is None else self.bos_token_id
-        self.eos_token_id = EOS_TOKEN_ID if self.eos_token_id is None else self.eos_token_id
-        self.pad_token_id = PAD_TOKEN_ID if self.pad_token_id is None else self.pad_token_id
+        self.bos_token_id = BOS_ID if self.bos_token_id is None else self.bos_token_id
+        self.eos_token_id = EOS_ID if self.eos_token_id is None else self.eos_token_id
+        self.pad_token_id = PAD_ID if self.pad_token_id is None else self.pad_token_id
 
     def validate_architecture(self):
         """Part of `@strict` validation: reject settings the model cannot run with, naming the field."""
