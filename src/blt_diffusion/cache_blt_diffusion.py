@@ -312,6 +312,13 @@ class BltDiffusionCache:
         """Bytes held by each row, padding excluded (batch,)."""
         return self.byte_ends - self.starts
 
+    def open_patch_starts(self) -> torch.Tensor:
+        """First slot of each row's open patch (batch,): one past the last byte that ended a patch."""
+        slots = torch.arange(self.ends_patch.shape[1], device=self.starts.device)
+        held = (slots >= self.starts[:, None]) & (slots < self.byte_ends[:, None])
+        last_end = torch.where(self.ends_patch & held, slots, -1).max(dim=1).values
+        return torch.where(last_end >= 0, last_end + 1, self.starts)
+
     def _byte_level_buffers(self) -> list[KeyValueBuffer]:
         return [buffer for buffer in (self.patcher, self.encoder, self.decoder) if buffer is not None]
 

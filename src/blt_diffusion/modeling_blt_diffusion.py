@@ -543,6 +543,41 @@ class FrontierTwins:
     write_slots: torch.Tensor
     targets: torch.Tensor
 
+    @classmethod
+    def build(cls, cache: BltDiffusionCache, encoded: EncodedBytes) -> "FrontierTwins | None":
+        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none; the
+        decoder buffer is grown to hold their keys."""
+        closes = encoded.segmentation.ends_patch[:, :-1]
+        num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
+        if num_twins == 0:
+            return None
+        num_new = encoded.byte_states.shape[1]
+        # Rows with fewer twins repeat the last byte, whose output is not replaced.
+        index = true_positions(closes, fill=num_new - 1)
+        end = encoded.byte_ends + num_new
+        cache.reserve(int(end.max()) + num_twins)
+        return cls(
+            index=index,
+            is_twin=index < num_new - 1,
+            slots=encoded.byte_ends[:, None] + index,
+            write_slots=end[:, None] + torch.arange(num_twins, device=index.device),
+            targets=(encoded.segmentation.patch_index.gather(1, index) - 1).clamp(min=0),
+        )
+
+
+def reaches_max_patch_length(
+    ends_patch: torch.Tensor, open_patch_length: torch.Tensor, max_patch_length: int
+) -> torch.Tensor:
+    """Bytes where a patch (counted from its entropy-defined start) reaches a multiple of `max_patch_length`."""
+    num_new = ends_patch.shape[1]
+    offsets = torch.arange(num_new, device=ends_patch.device).expand_as(ends_patch)
+    starts_run = torch.zeros_like(ends_patch)
+    starts_run[:, 1:] = ends_patch[:, :-1]
+    run_start = torch.where(starts_run, offsets, torch.full_like(offsets, -(1 << 40)))
+    run_start[:, 0] = torch.where(starts_run[:, 0], 0, -open_patch_length)
+    run_start = run_start.cummax(dim=1).values
+    return (offsets - run_start + 1) % max_patch_length == 0
+
 
 class BltDiffusionPreTrainedModel(PreTrainedModel):
     config_class = BltDiffusionConfig
@@ -652,7 +687,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         else:
             ends_patch = real & ((positions == 0) | (entropies > config.patching_threshold))
             if config.max_patch_length is not None:
-                ends_patch |= real & self._reaches_max_length(ends_patch, open_patch_length, config.max_patch_length)
+                ends_patch |= real & reaches_max_patch_length(ends_patch, open_patch_length, config.max_patch_length)
         closed_through = num_patches[:, None] + ends_patch.long().cumsum(dim=1)
         patch_index = closed_through - ends_patch.long()
         decoder_target = closed_through - 1
@@ -666,20 +701,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             decoder_target=decoder_target.clamp(min=0),
             new_patches=ends_patch.sum(dim=1),
         )
-
-    @staticmethod
-    def _reaches_max_length(
-        ends_patch: torch.Tensor, open_patch_length: torch.Tensor, max_patch_length: int
-    ) -> torch.Tensor:
-        """Bytes where a patch (counted from its entropy-defined start) reaches a multiple of `max_patch_length`."""
-        num_new = ends_patch.shape[1]
-        offsets = torch.arange(num_new, device=ends_patch.device).expand_as(ends_patch)
-        starts_run = torch.zeros_like(ends_patch)
-        starts_run[:, 1:] = ends_patch[:, :-1]
-        run_start = torch.where(starts_run, offsets, torch.full_like(offsets, -(1 << 40)))
-        run_start[:, 0] = torch.where(starts_run[:, 0], 0, -open_patch_length)
-        run_start = run_start.cummax(dim=1).values
-        return (offsets - run_start + 1) % max_patch_length == 0
 
     def forward(
         self,
@@ -741,7 +762,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         byte_states = self.local_encoder(byte_embeddings, encoder_context)
 
         num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
-        open_patch_start = self._open_patch_start(cache, starts) if cache is not None else starts
+        open_patch_start = cache.open_patch_starts() if cache is not None else starts
         segmentation = self.segment(
             entropies, positions, real, (byte_ends - open_patch_start).clamp(min=0), num_patches, frontier=True
         )
@@ -930,14 +951,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         )
         return self._decode(cache, encoded)
 
-    @staticmethod
-    def _open_patch_start(cache: BltDiffusionCache, starts: torch.Tensor) -> torch.Tensor:
-        """First slot of each row's open patch (batch,): one past the last byte that ended a patch."""
-        slots = torch.arange(cache.ends_patch.shape[1], device=starts.device)
-        held = (slots >= starts[:, None]) & (slots < cache.byte_ends[:, None])
-        last_end = torch.where(cache.ends_patch & held, slots, -1).max(dim=1).values
-        return torch.where(last_end >= 0, last_end + 1, starts)
-
     def _close_patches(
         self,
         cache: BltDiffusionCache | None,
@@ -1015,7 +1028,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             decoder_targets = torch.cat([previous_target[:, None], decoder_targets], dim=1)
         twins = None
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
-            twins = self._frontier_twins(cache, encoded)
+            twins = FrontierTwins.build(cache, encoded)
         if twins is None:
             decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1])
             gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
@@ -1038,27 +1051,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             return replace(encoded.byte_context, buffer=buffer)
         return build_attention_context(
             encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer
-        )
-
-    @staticmethod
-    def _frontier_twins(cache: BltDiffusionCache, encoded: EncodedBytes) -> FrontierTwins | None:
-        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none; the
-        decoder buffer is grown to hold their keys."""
-        closes = encoded.segmentation.ends_patch[:, :-1]
-        num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
-        if num_twins == 0:
-            return None
-        num_new = encoded.byte_states.shape[1]
-        # Rows with fewer twins repeat the last byte, whose output is not replaced.
-        index = true_positions(closes, fill=num_new - 1)
-        end = encoded.byte_ends + num_new
-        cache.reserve(int(end.max()) + num_twins)
-        return FrontierTwins(
-            index=index,
-            is_twin=index < num_new - 1,
-            slots=encoded.byte_ends[:, None] + index,
-            write_slots=end[:, None] + torch.arange(num_twins, device=index.device),
-            targets=(encoded.segmentation.patch_index.gather(1, index) - 1).clamp(min=0),
         )
 
     def _decode_with_twins(
