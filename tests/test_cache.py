@@ -1,8 +1,12 @@
 """The incremental cache gives the logits of full recomputation, whatever the order and size of appends."""
 
+import sys
+
 import pytest
 import torch
 from conftest import left_pad, source_text, text_ids
+
+from blt_diffusion.cache_blt_diffusion import BltDiffusionCache, KeyValueBuffer
 
 ATOL = 1e-4
 
@@ -91,3 +95,39 @@ def test_padding_after_the_prompt_is_rejected(tiny_model):
     tiny_model(text_ids("ab"), cache=cache)
     with pytest.raises(ValueError, match="only allowed in the first call"):
         tiny_model(torch.tensor([[70, 71]]), attention_mask=torch.tensor([[0, 1]]), cache=cache)
+
+
+@torch.no_grad()
+def test_the_cache_argument_is_named_cache_and_past_key_values_still_works(tiny_model):
+    """transformers 5 names the cache argument and output field `cache`; `past_key_values` is a deprecated alias."""
+    input_ids = text_ids(source_text(30, 700))
+    cache, legacy = tiny_model.new_cache(1, 8), tiny_model.new_cache(1, 8)
+    output = tiny_model(input_ids, cache=cache)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        legacy_output = tiny_model(input_ids, past_key_values=legacy)
+    assert output.cache is cache and legacy_output.cache is legacy
+    assert legacy.get_seq_length() == cache.get_seq_length() == input_ids.shape[1]
+    torch.testing.assert_close(legacy_output.logits, output.logits, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_model_calls_change_the_cache_only_through_its_own_methods(tiny_model, monkeypatch):
+    """The cache owns its state: every field of the cache and of its key/value buffers that changes while the model
+    appends bytes or the cache is cropped is assigned by a method of the cache or of the buffer itself."""
+    assigners = []
+
+    def recording_setattr(instance, name, value):
+        caller = sys._getframe(1).f_code.co_qualname
+        assigners.append(caller)
+        object.__setattr__(instance, name, value)
+
+    cache = tiny_model.new_cache(1, 4)
+    for owner in (BltDiffusionCache, KeyValueBuffer):
+        monkeypatch.setattr(owner, "__setattr__", recording_setattr)
+    input_ids = text_ids(source_text(40, 900))
+    tiny_model(input_ids[:, :20], cache=cache)
+    for end in range(21, input_ids.shape[1]):
+        tiny_model(input_ids[:, end - 1 : end], cache=cache)
+    cache.crop(10)
+    assert assigners
+    assert {caller.split(".")[0] for caller in assigners} <= {"BltDiffusionCache", "KeyValueBuffer"}, assigners
