@@ -65,6 +65,35 @@ def test_a_block_at_a_patch_start_decodes_as_in_training(any_diffusion_model):
         torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
 
 
+def test_a_block_inside_a_patch_decodes_as_in_training(any_diffusion_model):
+    """Training blocks anchored inside a patch read the open patch's provisional latent exactly as decoding does."""
+    model = any_diffusion_model
+    input_ids = text_ids(source_text(220, 300))
+    ends_patch = model.model.encode(input_ids).segmentation.ends_patch[0]
+    inside_patches = [slot for slot in range(20, input_ids.shape[1] - 9) if not bool(ends_patch[slot - 1])]
+    generator = torch.Generator().manual_seed(0)
+    for anchor in inside_patches[::9][:4]:
+        patch_start = int(torch.nonzero(ends_patch[:anchor])[-1]) + 1
+        masked = torch.rand(1, 1, 8, generator=generator) < 0.6
+        cells = input_ids[:, anchor : anchor + 8][:, None].masked_fill(masked, MASK)
+        blocks = DiffusionBlocks(
+            starts=torch.tensor([[anchor]]),
+            input_ids=cells,
+            masked=masked,
+            targets=input_ids[:, anchor : anchor + 8][:, None],
+            valid=torch.ones_like(masked),
+            mask_ratio=torch.ones(1),
+            open_patch_starts=torch.tensor([[patch_start]]),
+        )
+        assert bool(blocks.mid_patch.all())
+        with torch.no_grad():
+            training = model(input_ids, diffusion_blocks=blocks).diffusion_logits[0, 0]
+        cache = model.new_cache(1, 16)
+        with torch.no_grad():
+            model.open_block(cache, input_ids[:, :anchor])
+        torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
+
+
 def test_incremental_block_decoding_equals_encoding_the_prefix_at_once(any_diffusion_model):
     """Blocks appended in chunks (patches closing across chunks, provisional latents replaced) read the same
     states as a fresh cache that encodes the whole prefix in one call."""

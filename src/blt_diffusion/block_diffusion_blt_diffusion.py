@@ -21,15 +21,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class DiffusionBlocks:
-    """Corrupted blocks of the block-diffusion objective (BLT-D): B cells each, anchored at patch starts.
+    """Corrupted blocks of the block-diffusion objective (BLT-D): B cells each, anchored at patch starts or inside
+    patches, as blocks fall at inference.
 
-    A block anchored at slot s covers the bytes at slots s .. s + B - 1, keeps their positions for RoPE, reads the
-    latent of the patch that ends at s - 1 and sees only clean bytes before s. `starts` (batch, blocks): the anchor
-    slot, -1 where a row has fewer blocks. `input_ids` (batch, blocks, B): each cell's input, its byte or the mask
-    id. `masked` (batch, blocks, B): cells replaced by the mask. `targets` (batch, blocks, B): the byte at each
-    cell's own position, -100 past the end of the row or where the label is ignored. `valid` (batch, blocks, B):
-    cells inside their row (cells past the end are padding that no cell attends). `mask_ratio` (batch,): the
-    example's masking probability t; masked cells are weighted 1 / t in the loss.
+    A block anchored at slot s covers the bytes at slots s .. s + B - 1, keeps their positions for RoPE and sees only
+    clean bytes before s. Its cells read the latent that inference gives a block there: at a patch start, the latent
+    of the patch that ends at s - 1; inside a patch, the provisional latent of that patch's bytes before s, pooled and
+    globally encoded as if the patch closed at s - 1.
+
+    `starts` (batch, blocks): the anchor slot, -1 where a row has fewer blocks. `input_ids` (batch, blocks, B): each
+    cell's input, its byte or the mask id. `masked` (batch, blocks, B): cells replaced by the mask. `targets` (batch,
+    blocks, B): the byte at each cell's own position, -100 past the end of the row or where the label is ignored.
+    `valid` (batch, blocks, B): cells inside their row (cells past the end are padding that no cell attends).
+    `mask_ratio` (batch,): the example's masking probability t; masked cells are weighted 1 / t in the loss.
+    `open_patch_starts` (batch, blocks), *optional*: the first slot of the patch the anchor lies in (the anchor
+    itself at a patch start); None when every block is anchored at a patch start.
     """
 
     starts: torch.Tensor
@@ -38,10 +44,18 @@ class DiffusionBlocks:
     targets: torch.Tensor
     valid: torch.Tensor
     mask_ratio: torch.Tensor
+    open_patch_starts: torch.Tensor | None = None
 
     @property
     def block_size(self) -> int:
         return self.input_ids.shape[-1]
+
+    @property
+    def mid_patch(self) -> torch.Tensor:
+        """Blocks anchored inside a patch, (batch, blocks) boolean."""
+        if self.open_patch_starts is None:
+            return torch.zeros_like(self.starts, dtype=torch.bool)
+        return (self.starts >= 0) & (self.open_patch_starts < self.starts)
 
     def cell_slots(self) -> torch.Tensor:
         """Slot of every cell, (batch, blocks * B); cells of absent blocks get slot -1."""
@@ -170,7 +184,10 @@ def sample_diffusion_blocks(
     device = input_ids.device
     in_row = encoded.real if attention_mask is None else encoded.real & attention_mask.bool()
     row_ends = encoded.starts + in_row.sum(dim=1)
-    anchors = patch_start_slots(encoded.segmentation.ends_patch, in_row)
+    patch_starts = patch_start_slots(encoded.segmentation.ends_patch, in_row)
+    anchors = patch_starts
+    if config.diffusion_mid_patch_share > 0:
+        anchors = move_anchors_into_patches(patch_starts, encoded, in_row, config.diffusion_mid_patch_share, generator)
     slots = anchors[..., None] + torch.arange(block_size, device=device)
     valid = (anchors[..., None] >= 0) & (slots < row_ends[:, None, None])
     gather_slots = slots.clamp(0, seq_length - 1).flatten(1)
@@ -190,7 +207,41 @@ def sample_diffusion_blocks(
         targets=targets,
         valid=valid,
         mask_ratio=mask_ratio,
+        open_patch_starts=patch_starts if config.diffusion_mid_patch_share > 0 else None,
     )
+
+
+def move_anchors_into_patches(
+    patch_starts: torch.Tensor,
+    encoded: "EncodedBytes",
+    in_row: torch.Tensor,
+    share: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Move a random `share` of the block anchors from their patch's start to a uniformly drawn slot inside it.
+
+    At inference a block starts wherever the previous one ended, mostly inside a patch. A patch of n bytes starting
+    at slot s can anchor a block at s + 1 .. s + n - 1 (its bytes before the anchor form the open patch, which needs
+    at least one byte), so patches of one byte keep their anchor at s. Patches never share bytes, so neither do the
+    open patches of the moved blocks.
+
+    Args:
+        patch_starts (`torch.Tensor` of shape `(batch, blocks)`): anchors at patch starts, -1 padded.
+        encoded (`EncodedBytes`): gives the patch of every byte.
+        in_row (`torch.Tensor` of shape `(batch, seq)`): bytes inside their row.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, blocks)`: the anchors, -1 padded as `patch_starts`.
+    """
+    segmentation = encoded.segmentation
+    patch_index = segmentation.patch_index.masked_fill(~in_row, 0)
+    patch_lengths = torch.zeros_like(segmentation.patch_index).scatter_add_(1, patch_index, in_row.long())
+    lengths = patch_lengths.gather(1, patch_index.gather(1, patch_starts.clamp(min=0)))
+    draws = torch.rand(patch_starts.shape, device=patch_starts.device, generator=generator)
+    offsets = torch.rand(patch_starts.shape, device=patch_starts.device, generator=generator)
+    moves = (patch_starts >= 0) & (lengths > 1) & (draws < share)
+    inside = 1 + (offsets * (lengths - 1)).long().clamp(max=lengths - 2)
+    return torch.where(moves, patch_starts + inside, patch_starts)
 
 
 def diffusion_losses(

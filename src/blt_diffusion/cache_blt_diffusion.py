@@ -43,6 +43,21 @@ class KeyValueBuffer:
         self.starts = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.ends = torch.zeros(batch_size, dtype=torch.long, device=device)
 
+    @classmethod
+    def for_stack(
+        cls, config, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device | str
+    ) -> "KeyValueBuffer":
+        """An empty buffer for the transformer stack that `config` (a BLT sub-config) describes."""
+        return cls(
+            config.num_hidden_layers,
+            batch_size,
+            config.num_key_value_heads,
+            config.hidden_size // config.num_attention_heads,
+            capacity,
+            dtype,
+            torch.device(device),
+        )
+
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
@@ -245,21 +260,13 @@ class BltDiffusionCache:
         self.newest_byte_is_provisional = config.max_patch_length is not None and config.patch_in_forward
         self.patches_closed_last_call = torch.zeros(batch_size, dtype=torch.long, device=device)
 
-        def stack_buffer(sub_config, slots):
-            return KeyValueBuffer(
-                sub_config.num_hidden_layers,
-                batch_size,
-                sub_config.num_key_value_heads,
-                sub_config.hidden_size // sub_config.num_attention_heads,
-                slots,
-                dtype,
-                device,
-            )
+        def stack_buffer(sub_config):
+            return KeyValueBuffer.for_stack(sub_config, batch_size, capacity, dtype, device)
 
-        self.patcher = stack_buffer(config.patcher_config, capacity) if config.patch_in_forward else None
-        self.encoder = stack_buffer(config.encoder_config, capacity)
-        self.decoder = stack_buffer(config.decoder_config, capacity)
-        self.global_transformer = stack_buffer(config.global_config, capacity)
+        self.patcher = stack_buffer(config.patcher_config) if config.patch_in_forward else None
+        self.encoder = stack_buffer(config.encoder_config)
+        self.decoder = stack_buffer(config.decoder_config)
+        self.global_transformer = stack_buffer(config.global_config)
         decoder_config = config.decoder_config
         latent_shape = (
             batch_size,
@@ -390,33 +397,23 @@ class BltDiffusionCache:
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
         self.global_transformer.advance(num_patches + num_closed)
 
-    def mark_decoded(
-        self, ends: torch.Tensor, newest_closes_patch: torch.Tensor, read_open_patch_latent: bool = False
-    ) -> None:
+    def mark_decoded(self, ends: torch.Tensor, newest_closes_patch: torch.Tensor) -> None:
         """The decoder has read each row's bytes up to `ends` (batch,), exclusive, the newest one possibly not for
         good (see `newest_decoding_is_provisional`).
 
         Args:
             ends (`torch.Tensor` of shape `(batch,)`): one past the last byte decoded.
             newest_closes_patch (`torch.Tensor` of shape `(batch,)`): whether the byte before `ends` closes a patch.
-            read_open_patch_latent (`bool`): the newest byte was decoded as the last clean byte before a block.
         """
-        pending = self.newest_decoding_is_provisional(newest_closes_patch, read_open_patch_latent)
-        self.decoder.advance(ends - pending.long())
+        self.decoder.advance(ends - self.newest_decoding_is_provisional(newest_closes_patch).long())
 
-    def newest_decoding_is_provisional(
-        self, newest_closes_patch: torch.Tensor, read_open_patch_latent: bool = False
-    ) -> torch.Tensor:
-        """Per row (batch,), whether the newest byte's decoding read a latent that is not its final one, so that the
-        next call must decode it again: the one rule behind the decoder's lag.
+    def newest_decoding_is_provisional(self, newest_closes_patch: torch.Tensor) -> torch.Tensor:
+        """Per row (batch,), whether the newest byte's decoding may have read a latent that is not its final one, so
+        that the next call must decode it again: the one rule behind the decoder's lag.
 
-        It happens in two cases. With `max_patch_length`, stock BLT decodes a newest byte that closes its patch
-        against the latent before its patch (`newest_byte_is_provisional`). A byte decoded as the last clean byte
-        before a diffusion block (`read_open_patch_latent`) reads the open patch's provisional latent, unless it
-        closed the patch.
+        With `max_patch_length`, stock BLT decodes a newest byte that closes its patch against the latent before its
+        patch (`newest_byte_is_provisional`); once another byte follows, the byte reads its own patch.
         """
-        if read_open_patch_latent:
-            return ~newest_closes_patch
         if self.newest_byte_is_provisional:
             return newest_closes_patch
         return torch.zeros_like(newest_closes_patch)

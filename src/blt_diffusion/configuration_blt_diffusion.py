@@ -31,6 +31,10 @@ class BltDiffusionConfig(BltConfig):
     diffusion_min_mask_ratio (`float`, *optional*, defaults to 0.001):
         Lower end of the per-example masking probability t, drawn uniformly from [this, 1] so that the 1/t loss
         weight stays bounded.
+    diffusion_mid_patch_share (`float`, *optional*, defaults to 0.0):
+        Share of training blocks anchored inside a patch instead of at its start, as most blocks fall at inference;
+        their cells read the open patch's provisional latent, exactly as decoding gives it. 0 anchors every block at
+        a patch start (the paper's layout).
     diffusion_mask_id (`int`, *optional*, defaults to 260):
         Id of the `<mask>` input used by diffusion decoding. It lies outside the 260 byte ids of the model's
         vocabulary on purpose: the clean byte embeddings of a stock checkpoint stay untouched.
@@ -64,6 +68,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_mask_id: int = MASK_ID
     diffusion_loss_reduction: str = "mean"
     diffusion_min_mask_ratio: float = 1e-3
+    diffusion_mid_patch_share: float = 0.0
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -95,6 +100,8 @@ class BltDiffusionConfig(BltConfig):
             )
         if not 0 < self.diffusion_min_mask_ratio <= 1:
             raise ValueError(f"`diffusion_min_mask_ratio` must lie in (0, 1], got {self.diffusion_min_mask_ratio}.")
+        if not 0 <= self.diffusion_mid_patch_share <= 1:
+            raise ValueError(f"`diffusion_mid_patch_share` must lie in [0, 1], got {self.diffusion_mid_patch_share}.")
         if self.diffusion_mask_id < self.vocab_size:
             raise ValueError(
                 f"`diffusion_mask_id` ({self.diffusion_mask_id}) must lie outside the byte vocabulary (>= vocab_size "

@@ -39,6 +39,7 @@ from .block_diffusion_blt_diffusion import (
 from .cache_blt_diffusion import (
     AttentionContext,
     BltDiffusionCache,
+    KeyValueBuffer,
     build_attention_context,
     build_query_attention_context,
     num_cross_attention_layers,
@@ -503,6 +504,8 @@ class EncodedBytes:
     of every patch the decoder may read. `starts` (batch,): first real slot of each row. `byte_ends` (batch,): bytes
     held before this call. `real` (batch, new): False for left padding. `byte_context`: the encoder's attention
     context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
+    `patch_keys`: without a cache, when asked for, the global transformer's keys and values of this call's patches,
+    which the provisional latents of training blocks anchored inside patches attend.
     """
 
     byte_states: torch.Tensor
@@ -512,6 +515,7 @@ class EncodedBytes:
     byte_ends: torch.Tensor
     real: torch.Tensor
     byte_context: AttentionContext
+    patch_keys: KeyValueBuffer | None = None
 
 
 def gather_latents(
@@ -735,13 +739,15 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         cache: BltDiffusionCache | None = None,
         attention_mask: torch.Tensor | None = None,
         with_open_patch: bool = False,
+        keep_patch_keys: bool = False,
     ) -> EncodedBytes:
         """Everything but the local decoder: patcher, segmentation, encoder, and the global transformer on every
         patch the new bytes close. Arguments as in `forward`; the cache's byte-level buffers (except the decoder's)
         and patch buffers are updated in place.
 
         `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
-        see `decode_block`."""
+        see `decode_block`. `keep_patch_keys` (without a cache) keeps the global transformer's keys and values in
+        `EncodedBytes.patch_keys`, as training blocks anchored inside patches need: see `decode_with_blocks`."""
         num_new = input_ids.shape[1]
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
         positions = slots - starts[:, None]
@@ -767,8 +773,21 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             entropies, positions, real, (byte_ends - open_patch_start).clamp(min=0), num_patches, frontier=True
         )
 
+        patch_keys = None
+        if cache is None and keep_patch_keys:
+            patch_keys = KeyValueBuffer.for_stack(
+                self.config.global_config, input_ids.shape[0], num_new, byte_states.dtype, byte_states.device
+            )
         latent_keys_values = self._close_patches(
-            cache, byte_states, segmentation, open_patch_start, byte_ends, starts, num_patches, with_open_patch
+            cache,
+            byte_states,
+            segmentation,
+            open_patch_start,
+            byte_ends,
+            starts,
+            num_patches,
+            with_open_patch,
+            patch_keys,
         )
         if cache is not None:
             cache.append_bytes(slots, token_ids, byte_states, segmentation.ends_patch)
@@ -780,14 +799,16 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             byte_ends=byte_ends,
             real=real,
             byte_context=encoder_context,
+            patch_keys=patch_keys,
         )
 
     def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
 
         Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
-        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent of the patch ending just
-        before their block, and attend as `BlockDiffusionLayout` allows.
+        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent that decoding gives a block
+        at their anchor (see `DiffusionBlocks`; `provisional_latents` for blocks inside patches), and attend as
+        `BlockDiffusionLayout` allows.
 
         Returns:
             clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
@@ -797,11 +818,23 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         byte_states = encoded.byte_states
         batch_size, num_clean, _ = byte_states.shape
         cell_slots = blocks.cell_slots()
-        # The latest patch closed before the anchor: at a patch start, the one the byte before the anchor ends.
+        # Patches closed before the anchor; at a patch start, the last of them is the one the byte before it ends.
         segmentation = encoded.segmentation
         closed_through = segmentation.patch_index + segmentation.ends_patch.long()
-        anchor_patch = closed_through.gather(1, (blocks.starts - 1).clamp(min=0)) - 1
-        cell_targets = anchor_patch.clamp(min=0).repeat_interleave(blocks.block_size, dim=1)
+        closed_before = closed_through.gather(1, (blocks.starts - 1).clamp(min=0))
+        block_latent = (closed_before - 1).clamp(min=0)
+        latent_keys_values = encoded.latent_keys_values
+        mid_patch = blocks.mid_patch
+        if bool(mid_patch.any()):
+            # Provisional latents go after the closed patches' in the table the decoder gathers from.
+            provisional = self.provisional_latents(encoded, blocks, closed_before)
+            num_closed = latent_keys_values[0][0].shape[1]
+            latent_keys_values = [
+                (torch.cat([keys, more_keys], dim=1), torch.cat([values, more_values], dim=1))
+                for (keys, values), (more_keys, more_values) in zip(latent_keys_values, provisional, strict=True)
+            ]
+            block_latent = torch.where(mid_patch, num_closed + mid_patch.long().cumsum(dim=1) - 1, block_latent)
+        cell_targets = block_latent.repeat_interleave(blocks.block_size, dim=1)
         cell_embeddings = self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(byte_states.dtype)
 
         decoder_inputs = torch.cat([byte_states, cell_embeddings], dim=1)
@@ -814,20 +847,65 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
                 encoded.starts, num_clean, blocks, self.config.local_attention_window_len
             ),
         )
-        states = self.local_decoder(
-            decoder_inputs, gather_latents(encoded.latent_keys_values, latent_targets), context
-        )
+        states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
         return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
+
+    def provisional_latents(
+        self, encoded: EncodedBytes, blocks: DiffusionBlocks, closed_before: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The provisional latent of every training block anchored inside a patch, as decoding computes it there.
+
+        A block's open patch is its patch's bytes before the anchor. They are pooled as if the patch closed there,
+        and the global transformer reads the result at the position after the closed patches, attending those
+        patches' keys (`encoded.patch_keys`) and its own, as `encode(..., with_open_patch=True)` does at inference.
+        The open patches of different blocks never share bytes (see `move_anchors_into_patches`).
+
+        Args:
+            encoded (`EncodedBytes`): from `encode(..., keep_patch_keys=True)` on the clean bytes.
+            blocks (`DiffusionBlocks`): the blocks, some anchored inside patches.
+            closed_before (`torch.Tensor` of shape `(batch, blocks)`): patches closed before each anchor.
+
+        Returns:
+            per decoder cross-attention layer, keys and values of shape `(batch, mid_blocks, k, kv_heads, head_dim)`,
+            the row's blocks inside patches in order (rows with fewer repeat harmless padding latents).
+        """
+        if encoded.patch_keys is None:
+            raise ValueError("Blocks anchored inside patches need `encode(..., keep_patch_keys=True)`.")
+        mid_patch = blocks.mid_patch
+        num_provisional = int(mid_patch.sum(dim=1).max())
+        order = mid_patch.long().cumsum(dim=1) - 1
+        byte_slots = torch.arange(encoded.byte_states.shape[1], device=mid_patch.device)
+        in_open_patch = (
+            mid_patch[..., None]
+            & (byte_slots >= blocks.open_patch_starts[..., None])
+            & (byte_slots < blocks.starts[..., None])
+        )
+        byte_patch_index = torch.where(in_open_patch, order[..., None], num_provisional).amin(dim=1)
+        patch_embeddings = self.local_encoder.pool_patches(encoded.byte_states, byte_patch_index, num_provisional)
+
+        mid_blocks = true_positions(mid_patch, fill=-1)
+        positions = closed_before.gather(1, mid_blocks.clamp(min=0)).masked_fill(mid_blocks < 0, 0)
+        num_closed = encoded.latent_keys_values[0][0].shape[1]
+        encoded.patch_keys.reserve(num_closed + num_provisional)
+        context = build_query_attention_context(
+            torch.zeros_like(positions[:, 0]),
+            positions,
+            visible_until=positions,
+            sliding_window=None,
+            buffer=encoded.patch_keys,
+            write_slots=num_closed + torch.arange(num_provisional, device=positions.device).expand_as(positions),
+        )
+        return self.local_decoder.latent_keys_values(self.global_transformer(patch_embeddings, context))
 
     def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
         """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
 
-        The block starts a patch: its cells, and the newest clean byte as a patch-final byte, read the newest latent:
-        the open patch's provisional one (from `encode(..., with_open_patch=True)`, one slot past the closed patches),
-        or the last closed patch's when the newest byte closed it. Clean bytes the decoder has not seen yet
-        are decoded first, in the same call, causally and with their own latents. Cells attend every clean byte
-        (within the window) and each other, bidirectionally. Their keys are written past the cache's end and never
-        kept; the newest clean byte is re-decoded by the next call when its latent was provisional.
+        The cells read the newest latent: the open patch's provisional one (from `encode(..., with_open_patch=True)`,
+        one slot past the closed patches), or the last closed patch's when the newest byte closed it, as training
+        gives blocks anchored inside patches and at patch starts (`DiffusionBlocks`). Clean bytes the decoder has not
+        seen yet are decoded first, in the same call, causally and with their own latents, as in training. Cells
+        attend every clean byte (within the window) and each other, bidirectionally; their keys are written past the
+        cache's end and never kept.
 
         Args:
             cache (`BltDiffusionCache`): holds the clean bytes, encoded with the open patch's latent.
@@ -839,9 +917,9 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         block_size = cell_ids.shape[1]
         starts, block_starts = cache.starts, cache.byte_ends
         # Rows may hold different numbers of bytes (speculative decoding): each row's queries end at its own block.
-        # Every row decodes as many clean bytes as the row furthest behind needs, the newest always (it is re-read
-        # as patch-final); re-decoding a byte that was already final rewrites the same keys.
-        num_clean = int((block_starts - torch.minimum(cache.decoder.ends, block_starts - 1)).max())
+        # Every row decodes as many clean bytes as the row furthest behind needs; re-decoding a byte that was
+        # already decoded for good rewrites the same keys.
+        num_clean = int((block_starts - cache.decoder.ends).max())
         cache.reserve(int(block_starts.max()) + block_size)
         offsets = torch.arange(-num_clean, block_size, device=cell_ids.device)
         query_slots = (block_starts[:, None] + offsets).clamp(min=0)
@@ -850,9 +928,8 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         ends_patch = cache.ends_patch.gather(1, clean_slots)
         closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
         clean_targets = cache.num_patches[:, None] - closed_after - 1
-        newest_is_final = ends_patch[:, -1]
+        newest_is_final = cache.ends_patch.gather(1, (block_starts - 1).clamp(min=0)[:, None])[:, 0]
         newest_latent = (cache.num_patches - newest_is_final.long()).clamp(min=0)
-        clean_targets[:, -1] = newest_latent
         latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
 
         rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
@@ -875,7 +952,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             gather_latents(cache.latent_keys_values, latent_targets),
             context,
         )
-        cache.mark_decoded(block_starts, newest_is_final, read_open_patch_latent=True)
+        cache.mark_decoded(block_starts, newest_is_final)
         return states[:, -block_size:]
 
     def _append_slots(
@@ -961,11 +1038,13 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         starts: torch.Tensor,
         num_patches: torch.Tensor,
         with_open_patch: bool = False,
+        patch_keys: KeyValueBuffer | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Pool, globally encode and project the patches closed by this call's bytes.
 
         With `with_open_patch` (caching only), the open patch is pooled too, as if it were closed, in the same
         global call: its latent is provisional, stored one slot past the closed patches and not counted in them.
+        Without a cache, the global keys and values go to `patch_keys` when given.
 
         Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
         cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
@@ -1002,7 +1081,7 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             num_patches,
             num_pooled,
             None,
-            cache.global_transformer if cache is not None else None,
+            cache.global_transformer if cache is not None else patch_keys,
         )
         global_states = self.global_transformer(patch_embeddings, global_context)
         new_keys_values = self.local_decoder.latent_keys_values(global_states)
@@ -1295,7 +1374,10 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
     ) -> BltDiffusionCausalLMOutput:
         """Clean bytes and corrupted blocks in one decoder pass; the encoder and global transformer see only clean
         bytes."""
-        encoded = self.model.encode(input_ids, attention_mask=attention_mask)
+        may_anchor_mid_patch = self.config.diffusion_mid_patch_share > 0 or (
+            diffusion_blocks is not None and bool(diffusion_blocks.mid_patch.any())
+        )
+        encoded = self.model.encode(input_ids, attention_mask=attention_mask, keep_patch_keys=may_anchor_mid_patch)
         if diffusion_blocks is None:
             diffusion_blocks = sample_diffusion_blocks(self.config, input_ids, labels, attention_mask, encoded)
         clean_states, cell_states = self.model.decode_with_blocks(encoded, diffusion_blocks)
