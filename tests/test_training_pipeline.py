@@ -22,6 +22,7 @@ from blt_diffusion.training import (
     text_files,
     train_model,
     train_patcher,
+    training_arguments,
 )
 from blt_diffusion.training.data import EXCLUDED_DIRECTORIES, module_split
 from blt_diffusion.training.patcher import mean_patch_length
@@ -142,7 +143,8 @@ def test_patcher_training_lowers_its_loss_and_refreezes_it(tiny_model, training_
         loss_before = float(patcher_model(rows, labels=rows).loss)
     others_before = {name: p.clone() for name, p in model.named_parameters() if not name.startswith("model.patcher.")}
 
-    train_patcher(model, training_rows, str(tmp_path), max_steps=12, learning_rate=1e-2, batch_size=8, warmup_ratio=0)
+    args = training_arguments(str(tmp_path), max_steps=12, learning_rate=1e-2, warmup_steps=0)
+    train_patcher(model, training_rows, args)
 
     with torch.no_grad():
         loss_after = float(patcher_model(rows, labels=rows).loss)
@@ -182,16 +184,15 @@ def tiny_blt_d_model():
 
 def test_train_model_logs_loss_components_and_saves_a_loadable_model(tiny_blt_d_model, training_rows, tmp_path):
     model = copy.deepcopy(tiny_blt_d_model)
-    train_model(
-        model,
-        training_rows,
-        training_rows.select(range(4)),
+    args = training_arguments(
         str(tmp_path),
         max_steps=3,
         learning_rate=1e-3,
-        batch_size=4,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
         logging_steps=1,
     )
+    train_model(model, training_rows, training_rows.select(range(4)), args)
 
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     training_logs = [entry for entry in history if "loss" in entry]
@@ -213,7 +214,8 @@ def test_train_model_logs_loss_components_and_saves_a_loadable_model(tiny_blt_d_
 
 def test_time_limit_stops_training_after_the_first_step(tiny_model, training_rows, tmp_path):
     model = copy.deepcopy(tiny_model)
-    train_model(model, training_rows, None, str(tmp_path), max_minutes=0.0, max_steps=50, batch_size=4)
+    args = training_arguments(str(tmp_path), max_steps=50, learning_rate=4e-4, per_device_train_batch_size=4)
+    train_model(model, training_rows, None, args, max_minutes=0.0)
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     assert not any("clean_loss" in entry for entry in state["log_history"])
