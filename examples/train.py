@@ -10,7 +10,8 @@ The options are those of `blt_diffusion.training.TrainingRecipe` and every field
 `--output_dir`). `TrainingArguments` take the recipe's defaults (AdamW with β2 0.95, warmup then cosine decay, logs
 every 10 steps, no checkpoints, seed 0); `--max_steps` and `--learning_rate` default to the model preset's, whose step
 counts are sized for the time limits on 2 CPU cores; the learning-rate schedules are defined over the steps, and the
-time limits only stop a run early. On faster hardware raise `--max-steps`.
+time limits only stop a run early. On faster hardware raise `--max-steps`. `--eval_strategy steps --eval_steps N`
+also measures the held-out loss every N steps.
 
     python examples/train.py --config tiny --minutes 2 --patcher-minutes 0.5 --output-dir runs/tiny
     python examples/train.py --config benchmark --block-size 8 --output-dir runs/blt-d-40m

@@ -1,5 +1,5 @@
 """The training pipeline: standard-library data and its split, packing, bits per byte, patcher training, threshold
-calibration and `train_model`."""
+calibration, `train_model`, and the recipe's options."""
 
 import copy
 import json
@@ -14,7 +14,10 @@ from conftest import source_text, text_ids
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM, BltDiffusionTokenizer
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
 from blt_diffusion.training import (
+    FINE_TUNING_SCHEDULE,
+    MODEL_PRESETS,
     PatcherLanguageModel,
+    TrainingRecipe,
     calibrate_patching_threshold,
     heldout_bits_per_byte,
     pack_byte_sequences,
@@ -219,3 +222,51 @@ def test_time_limit_stops_training_after_the_first_step(tiny_model, training_row
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     assert not any("clean_loss" in entry for entry in state["log_history"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"block_size": -1}, "`block_size` must be at least 0, got -1"),
+        ({"sequence_length": 0}, "`sequence_length` must be at least 1, got 0"),
+        ({"model_size": "huge"}, "Unknown model size 'huge'"),
+        ({"model_size": "tiny", "init_from": "checkpoint"}, "--config and --init-from exclude each other"),
+        ({"init_from": "checkpoint", "patcher_minutes": 1.0}, "need --train-patcher when fine-tuning"),
+        ({"bytes_per_patch": 9.0}, "cannot exceed `max_patch_length` (8)"),
+    ],
+)
+def test_recipe_rejects_invalid_options(options, message):
+    with pytest.raises(ValueError) as error_info:
+        TrainingRecipe(**options)
+    assert message in str(error_info.value)
+
+
+def test_recipe_stage_arguments_fill_in_the_preset_and_derive_the_patchers(tmp_path):
+    recipe = TrainingRecipe(model_size="tiny", patcher_learning_rate=1e-2, suffixes=["txt", ".md"])
+    assert recipe.suffixes == [".txt", ".md"] and recipe.train_new_patcher
+    args = training_arguments(
+        str(tmp_path), gradient_accumulation_steps=4, activation_checkpointing=True, eval_strategy="steps", seed=3
+    )
+
+    patcher_args, main_args = recipe.stage_arguments(args)
+
+    schedule = MODEL_PRESETS["tiny"].schedule
+    assert (main_args.max_steps, main_args.learning_rate, main_args.data_seed) == (
+        schedule.max_steps,
+        schedule.learning_rate,
+        3,
+    )
+    assert (main_args.gradient_accumulation_steps, main_args.activation_checkpointing) == (4, True)
+    assert patcher_args.output_dir == str(tmp_path / "patcher_trainer")
+    assert (patcher_args.max_steps, patcher_args.learning_rate) == (schedule.patcher_max_steps, 1e-2)
+    assert (patcher_args.gradient_accumulation_steps, patcher_args.activation_checkpointing) == (1, False)
+    assert patcher_args.eval_strategy == "no" and patcher_args.seed == patcher_args.data_seed == 3
+    # Without a size, a new model is the default one; a checkpoint takes the fine-tuning schedule.
+    assert TrainingRecipe().new_model_size == "small"
+    fine_tuning = TrainingRecipe(init_from="checkpoint")
+    assert fine_tuning.new_model_size is None and not fine_tuning.train_new_patcher
+    _, main_args = fine_tuning.stage_arguments(args)
+    assert (main_args.max_steps, main_args.learning_rate) == (
+        FINE_TUNING_SCHEDULE.max_steps,
+        FINE_TUNING_SCHEDULE.learning_rate,
+    )

@@ -173,7 +173,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(run=run_train)
     add_recipe_options(train)
     # Read by `train_options`.
-    trainer = train.add_argument_group("training arguments")
+    trainer = train.add_argument_group(
+        "training arguments", "fields of transformers' TrainingArguments; the others keep the recipe's defaults"
+    )
     trainer.add_argument("--output-dir", required=True, metavar="DIR", help="where the trained model is saved")
     trainer.add_argument(
         "--batch-size",
@@ -231,11 +233,12 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     its `aliases`), with its default, help, metavar, choices and lower bound (`AtLeast`)."""
     hints = get_type_hints(TrainingRecipe)
     bounds = lower_bounds()
-    new_or_checkpoint = parser.add_mutually_exclusive_group()
+    recipe = parser.add_argument_group("recipe", "fields of blt_diffusion.training.TrainingRecipe")
+    new_or_checkpoint = recipe.add_mutually_exclusive_group()
     for field in fields(TrainingRecipe):
         options = dict(field.metadata)
         flags = options.pop("aliases", None) or [f"--{field.name.replace('_', '-')}"]
-        group = new_or_checkpoint if field.name in EXCLUSIVE_RECIPE_FIELDS else parser
+        group = new_or_checkpoint if field.name in EXCLUSIVE_RECIPE_FIELDS else recipe
         value_type = hints[field.name]
         if type(None) in get_args(value_type):
             # An optional field: None is its default, not a value to type.

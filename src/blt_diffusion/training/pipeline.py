@@ -47,10 +47,10 @@ def build_model(model_size: str, block_size: int) -> BltDiffusionForCausalLM:
 
 
 def initial_model(recipe: TrainingRecipe) -> BltDiffusionForCausalLM:
-    """The model that `recipe` starts from: a new one of `recipe.model_size`, or the checkpoint `recipe.init_from`,
+    """The model that `recipe` starts from: a new one of `recipe.new_model_size`, or the checkpoint `recipe.init_from`,
     both with diffusion block size `recipe.block_size`. Seed first (`set_seed`) for reproducible new weights."""
     if recipe.init_from is None:
-        return build_model(recipe.model_size, recipe.block_size)
+        return build_model(recipe.new_model_size, recipe.block_size)
     return BltDiffusionForCausalLM.from_pretrained(recipe.init_from, diffusion_block_size=recipe.block_size)
 
 

@@ -213,13 +213,10 @@ class TrainingRecipe:
             if self.model_size is not None:
                 raise ValueError("--config and --init-from exclude each other: a new model, or a checkpoint.")
             if not self.train_patcher and (self.patcher_steps is not None or self.patcher_minutes is not None):
-                # Silently ignoring them would train nothing that they name.
                 raise ValueError(
                     "--patcher-steps and --patcher-minutes need --train-patcher when fine-tuning (--init-from)"
                 )
-        elif self.model_size is None:
-            self.model_size = DEFAULT_MODEL_SIZE
-        elif self.model_size not in MODEL_PRESETS:
+        elif self.model_size is not None and self.model_size not in MODEL_PRESETS:
             raise ValueError(f"Unknown model size {self.model_size!r}; valid: {', '.join(MODEL_PRESETS)}.")
         if self.max_patch_length is not None and self.bytes_per_patch > self.max_patch_length:
             raise ValueError(
@@ -228,6 +225,12 @@ class TrainingRecipe:
             )
         # Suffixes may be given without their dot (`--suffix txt md`).
         self.suffixes = ["." + suffix.lstrip(".") for suffix in self.suffixes]
+
+    @property
+    def new_model_size(self) -> str | None:
+        """The size of the new model that the recipe trains (`model_size`, or `DEFAULT_MODEL_SIZE`); None when it
+        fine-tunes a checkpoint."""
+        return None if self.init_from is not None else self.model_size or DEFAULT_MODEL_SIZE
 
     @property
     def train_new_patcher(self) -> bool:
@@ -239,23 +242,23 @@ class TrainingRecipe:
         """The time limit of patcher training: `patcher_minutes`, or `DEFAULT_PATCHER_MINUTES`."""
         return DEFAULT_PATCHER_MINUTES if self.patcher_minutes is None else self.patcher_minutes
 
-    def stage_arguments(self, training_args: TrainingArguments) -> tuple[TrainingArguments, TrainingArguments]:
+    def stage_arguments(self, args: TrainingArguments) -> tuple[TrainingArguments, TrainingArguments]:
         """The `TrainingArguments` of patcher training (stage 1) and of main-model training (stage 3).
 
-        Both start from `training_args`, and what it leaves to the recipe is filled in here: the main model's
+        Both start from `args`, and what it leaves to the recipe is filled in here: the main model's
         `max_steps` and `learning_rate` where None, and the patcher's steps unless `patcher_steps` is given, come from
         the model preset (`MODEL_PRESETS`), or from `FINE_TUNING_SCHEDULE` for a checkpoint. An unset `data_seed` is
         `seed`, so that every process of a distributed run shuffles the rows alike (the Trainer then deals each its
         share). The patcher trains at `patcher_learning_rate` in `output_dir/PATCHER_OUTPUT_DIR`, without gradient
         accumulation, activation checkpointing or evaluation.
         """
-        schedule = FINE_TUNING_SCHEDULE if self.init_from is not None else MODEL_PRESETS[self.model_size].schedule
-        given = training_args
+        size = self.new_model_size
+        schedule = FINE_TUNING_SCHEDULE if size is None else MODEL_PRESETS[size].schedule
         main = dataclasses.replace(
-            given,
-            max_steps=schedule.max_steps if given.max_steps is None else given.max_steps,
-            learning_rate=schedule.learning_rate if given.learning_rate is None else given.learning_rate,
-            data_seed=given.seed if given.data_seed is None else given.data_seed,
+            args,
+            max_steps=schedule.max_steps if args.max_steps is None else args.max_steps,
+            learning_rate=schedule.learning_rate if args.learning_rate is None else args.learning_rate,
+            data_seed=args.seed if args.data_seed is None else args.data_seed,
         )
         patcher = dataclasses.replace(
             main,
