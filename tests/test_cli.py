@@ -4,9 +4,11 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -477,6 +479,11 @@ def test_train_errors_are_one_line_with_status_2(capsys, tmp_path, corpus, make_
     assert status == 2 and out == ""
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("blt-diffusion: error: ") and message in last_line, err
+
+
+def test_the_command_line_reads_the_recipe_without_the_training_extra():
+    code = "import sys, blt_diffusion.cli; sys.exit('datasets' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], env=os.environ | {"HF_HUB_OFFLINE": "1"}).returncode == 0
 
 
 def test_config_offers_the_model_presets(capsys):

@@ -167,13 +167,13 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     """The `train` command: the options of `TrainingRecipe` and a few of `TrainingArguments`, and `run_train` as what
     it runs."""
-    train = commands.add_parser(
+    parser = commands.add_parser(
         "train", help="train a BLT-D model or fine-tune a checkpoint", description=TRAIN_DESCRIPTION
     )
-    train.set_defaults(run=run_train)
-    add_recipe_options(train)
+    parser.set_defaults(run=run_train)
+    add_recipe_options(parser)
     # Read by `train_options`.
-    trainer = train.add_argument_group(
+    trainer = parser.add_argument_group(
         "training arguments", "fields of transformers' TrainingArguments; the others keep the recipe's defaults"
     )
     trainer.add_argument("--output-dir", required=True, metavar="DIR", help="where the trained model is saved")
