@@ -51,7 +51,10 @@ def main() -> int:
     previous = None
     for name, recipe_options, training_options in STAGES:
         recipe = dataclasses.replace(RECIPE, init_from=None if previous is None else str(previous), **recipe_options)
-        cli.train(recipe, training_arguments(str(args.work_dir / name), **training_options))
+        try:
+            cli.train(recipe, training_arguments(str(args.work_dir / name), **training_options))
+        except cli.CliError as error:
+            parser.exit(cli.USAGE_ERROR, f"{cli.PROG}: error: {error}\n")
         previous = args.work_dir / name
     export_compact(cli.load_checkpoint(str(previous)).model, args.output_dir)
     print(f"exported {previous} to {args.output_dir}")
