@@ -21,19 +21,24 @@ package's `DEFAULT_MODEL_DIR`, whose model card `README.md` is kept).
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from blt_diffusion import DEFAULT_MODEL_DIR, cli
 from blt_diffusion.default_model import export_compact
+from blt_diffusion.training import TrainingRecipe, training_arguments
 
-COMMON = ["--sequence-length", "256", "--batch-size", "8", "--minutes", "1000"]
+# Every stage: 8 rows of 256 bytes per step, and no time limit that could cut it short.
+RECIPE = TrainingRecipe(sequence_length=256, minutes=1000)
+# Each stage's recipe options and `TrainingArguments`; every stage after the first fine-tunes the previous one's
+# checkpoint.
 STAGES = [
-    ("blt-d16", ["--config", "small", "--block-size", "16", "--max-steps", "450", "--patcher-minutes", "3"]),
-    ("blt-d16-long", ["--block-size", "16", "--max-steps", "550", "--learning-rate", "1e-3", "--seed", "1"]),
-    ("blt-d8", ["--block-size", "8", "--max-steps", "2200", "--learning-rate", "1e-3", "--seed", "2"]),
-    ("blt-d8-more", ["--block-size", "8", "--max-steps", "1400", "--learning-rate", "5e-4", "--seed", "3"]),
-    ("blt-d8-final", ["--block-size", "8", "--max-steps", "2400", "--learning-rate", "5e-4", "--seed", "4"]),
+    ("blt-d16", {"model_size": "small", "block_size": 16, "patcher_minutes": 3}, {"max_steps": 450}),
+    ("blt-d16-long", {"block_size": 16}, {"max_steps": 550, "learning_rate": 1e-3, "seed": 1}),
+    ("blt-d8", {"block_size": 8}, {"max_steps": 2200, "learning_rate": 1e-3, "seed": 2}),
+    ("blt-d8-more", {"block_size": 8}, {"max_steps": 1400, "learning_rate": 5e-4, "seed": 3}),
+    ("blt-d8-final", {"block_size": 8}, {"max_steps": 2400, "learning_rate": 5e-4, "seed": 4}),
 ]
 
 
@@ -44,11 +49,12 @@ def main() -> int:
     args = parser.parse_args()
 
     previous = None
-    for name, options in STAGES:
-        init = ["--init-from", str(previous)] if previous is not None else []
-        status = cli.main(["train", *init, *options, *COMMON, "--output-dir", str(args.work_dir / name)])
-        if status != 0:
-            return status
+    for name, recipe_options, training_options in STAGES:
+        recipe = dataclasses.replace(RECIPE, init_from=None if previous is None else str(previous), **recipe_options)
+        try:
+            cli.train(recipe, training_arguments(str(args.work_dir / name), **training_options))
+        except cli.CliError as error:
+            parser.exit(cli.USAGE_ERROR, f"{cli.PROG}: error: {error}\n")
         previous = args.work_dir / name
     export_compact(cli.load_checkpoint(str(previous)).model, args.output_dir)
     print(f"exported {previous} to {args.output_dir}")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import blt_diffusion.training
+import blt_diffusion.training.pipeline
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
-from blt_diffusion.training import training_arguments
+from blt_diffusion.training import check_process_group, training_arguments
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 NUM_PROCESSES = 2
@@ -53,7 +53,8 @@ def test_two_cpu_processes_train_in_step_and_save_one_checkpoint(tmp_path):
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(free_port()), __file__, str(report_dir)]
     train_args = ["--output-dir", str(output_dir), "--config", "tiny", "--block-size", "4", "--threads", "1"]
-    train_args += ["--max-steps", str(MAX_STEPS), "--patcher-steps", "2", "--batch-size", str(BATCH_SIZE)]
+    train_args += ["--max-steps", str(MAX_STEPS), "--patcher-steps", "2"]
+    train_args += ["--per-device-train-batch-size", str(BATCH_SIZE), "--per-device-eval-batch-size", str(BATCH_SIZE)]
     train_args += ["--sequence-length", str(SEQUENCE_LENGTH), "--max-bytes", str(NUM_ROWS * SEQUENCE_LENGTH)]
     # `accelerate launch --cpu` starts one process unless given an MPI hostfile; `--multi_gpu` starts them with
     # torchrun, and ACCELERATE_USE_CPU (what `--cpu` sets) makes them train on the CPU over gloo, GPUs or not.
@@ -93,19 +94,20 @@ def test_processes_that_cannot_train_together_are_an_error(monkeypatch, tmp_path
     monkeypatch.delenv("LOCAL_RANK", raising=False)
 
     with pytest.raises(ValueError, match="2 processes were launched but they do not form one process group"):
-        training_arguments(str(tmp_path))
+        check_process_group(training_arguments(str(tmp_path)))
 
 
 def run_example_and_report(report_dir: Path, example_args: list[str]) -> int:
     """Run `examples/train.py` in this process, then write what the process ended with to `report_dir`."""
-    build_model = blt_diffusion.training.build_model
+    pipeline = blt_diffusion.training.pipeline
+    build_model = pipeline.build_model
     models = []
 
     def build_and_keep(*args, **kwargs):
         models.append(build_model(*args, **kwargs))
         return models[-1]
 
-    blt_diffusion.training.build_model = build_and_keep
+    pipeline.build_model = build_and_keep
     sys.argv = [str(EXAMPLE), *example_args]
     try:
         runpy.run_path(str(EXAMPLE), run_name="__main__")

@@ -1,5 +1,5 @@
 """The training pipeline: standard-library data and its split, packing, bits per byte, patcher training, threshold
-calibration and `train_model`."""
+calibration, `train_model`, and the recipe's options."""
 
 import copy
 import json
@@ -14,7 +14,10 @@ from conftest import source_text, text_ids
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM, BltDiffusionTokenizer
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
 from blt_diffusion.training import (
+    FINE_TUNING_SCHEDULE,
+    MODEL_PRESETS,
     PatcherLanguageModel,
+    TrainingRecipe,
     calibrate_patching_threshold,
     heldout_bits_per_byte,
     pack_byte_sequences,
@@ -22,6 +25,7 @@ from blt_diffusion.training import (
     text_files,
     train_model,
     train_patcher,
+    training_arguments,
 )
 from blt_diffusion.training.data import EXCLUDED_DIRECTORIES, module_split
 from blt_diffusion.training.patcher import mean_patch_length
@@ -142,7 +146,8 @@ def test_patcher_training_lowers_its_loss_and_refreezes_it(tiny_model, training_
         loss_before = float(patcher_model(rows, labels=rows).loss)
     others_before = {name: p.clone() for name, p in model.named_parameters() if not name.startswith("model.patcher.")}
 
-    train_patcher(model, training_rows, str(tmp_path), max_steps=12, learning_rate=1e-2, batch_size=8, warmup_ratio=0)
+    args = training_arguments(str(tmp_path), max_steps=12, learning_rate=1e-2, warmup_steps=0)
+    train_patcher(model, training_rows, args)
 
     with torch.no_grad():
         loss_after = float(patcher_model(rows, labels=rows).loss)
@@ -182,16 +187,15 @@ def tiny_blt_d_model():
 
 def test_train_model_logs_loss_components_and_saves_a_loadable_model(tiny_blt_d_model, training_rows, tmp_path):
     model = copy.deepcopy(tiny_blt_d_model)
-    train_model(
-        model,
-        training_rows,
-        training_rows.select(range(4)),
+    args = training_arguments(
         str(tmp_path),
         max_steps=3,
         learning_rate=1e-3,
-        batch_size=4,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
         logging_steps=1,
     )
+    train_model(model, training_rows, training_rows.select(range(4)), args)
 
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     training_logs = [entry for entry in history if "loss" in entry]
@@ -213,7 +217,56 @@ def test_train_model_logs_loss_components_and_saves_a_loadable_model(tiny_blt_d_
 
 def test_time_limit_stops_training_after_the_first_step(tiny_model, training_rows, tmp_path):
     model = copy.deepcopy(tiny_model)
-    train_model(model, training_rows, None, str(tmp_path), max_minutes=0.0, max_steps=50, batch_size=4)
+    args = training_arguments(str(tmp_path), max_steps=50, learning_rate=4e-4, per_device_train_batch_size=4)
+    train_model(model, training_rows, None, args, max_minutes=0.0)
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     assert not any("clean_loss" in entry for entry in state["log_history"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"block_size": -1}, "`block_size` must be at least 0, got -1"),
+        ({"sequence_length": 0}, "`sequence_length` must be at least 1, got 0"),
+        ({"model_size": "huge"}, "Unknown model size 'huge'"),
+        ({"model_size": "tiny", "init_from": "checkpoint"}, "--config and --init-from exclude each other"),
+        ({"init_from": "checkpoint", "patcher_minutes": 1.0}, "need --train-patcher when fine-tuning"),
+        ({"bytes_per_patch": 9.0}, "cannot exceed `max_patch_length` (8)"),
+    ],
+)
+def test_recipe_rejects_invalid_options(options, message):
+    with pytest.raises(ValueError) as error_info:
+        TrainingRecipe(**options)
+    assert message in str(error_info.value)
+
+
+def test_recipe_stage_arguments_fill_in_the_preset_and_derive_the_patchers(tmp_path):
+    recipe = TrainingRecipe(model_size="tiny", patcher_learning_rate=1e-2, suffixes=["txt", ".md"])
+    assert recipe.suffixes == [".txt", ".md"] and recipe.train_new_patcher
+    args = training_arguments(
+        str(tmp_path), gradient_accumulation_steps=4, activation_checkpointing=True, eval_strategy="steps", seed=3
+    )
+
+    patcher_args, main_args = recipe.stage_arguments(args)
+
+    schedule = MODEL_PRESETS["tiny"].schedule
+    assert (main_args.max_steps, main_args.learning_rate, main_args.data_seed) == (
+        schedule.max_steps,
+        schedule.learning_rate,
+        3,
+    )
+    assert (main_args.gradient_accumulation_steps, main_args.activation_checkpointing) == (4, True)
+    assert patcher_args.output_dir == str(tmp_path / "patcher_trainer")
+    assert (patcher_args.max_steps, patcher_args.learning_rate) == (schedule.patcher_max_steps, 1e-2)
+    assert (patcher_args.gradient_accumulation_steps, patcher_args.activation_checkpointing) == (1, False)
+    assert patcher_args.eval_strategy == "no" and patcher_args.seed == patcher_args.data_seed == 3
+    # Without a size, a new model is the default one; a checkpoint takes the fine-tuning schedule.
+    assert TrainingRecipe().new_model_size == "small"
+    fine_tuning = TrainingRecipe(init_from="checkpoint")
+    assert fine_tuning.new_model_size is None and not fine_tuning.train_new_patcher
+    _, main_args = fine_tuning.stage_arguments(args)
+    assert (main_args.max_steps, main_args.learning_rate) == (
+        FINE_TUNING_SCHEDULE.max_steps,
+        FINE_TUNING_SCHEDULE.learning_rate,
+    )

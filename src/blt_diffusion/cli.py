@@ -14,11 +14,11 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
-import torch
-from transformers import BltConfig, PreTrainedConfig, TextStreamer, set_seed
+from transformers import BltConfig, PreTrainedConfig, TextStreamer, TrainingArguments, set_seed
 from transformers.utils import CONFIG_NAME
 from transformers.utils import logging as hf_logging
 
@@ -28,6 +28,7 @@ from .default_model import DEFAULT_MODEL_DIR, load_default_model
 from .generation_blt_diffusion import DECODING_STRATEGIES, UNMASKING_RULES, BltDiffusionGenerateOutput
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
+from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRecipe, lower_bounds, training_arguments
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
@@ -36,18 +37,8 @@ DEFAULT_MAX_NEW_TOKENS = 128
 BLOCK_DECODINGS = ("diffusion", "diffusion_verified")
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding, new when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIX = "model.diffusion_embed_tokens."
-
-# `train`: the model sizes of `blt_diffusion.training.MODEL_CONFIGS`, named here so that building the parser does
-# not import the training extra (`datasets`); a test keeps the two in step.
-MODEL_SIZES = ("tiny", "small", "benchmark")
-DEFAULT_MODEL_SIZE = "small"
-DEFAULT_SUFFIXES = (".py", ".txt", ".md")
-DEFAULT_MINUTES = 20.0
-DEFAULT_PATCHER_MINUTES = 3.0
-# Fine-tuning a checkpoint of any size: fewer steps at a lower peak rate than training a new model.
-FINE_TUNE_MAX_STEPS = 200
-FINE_TUNE_LEARNING_RATE = 3e-4
-FINE_TUNE_PATCHER_MAX_STEPS = 400
+# `train`: the `TrainingRecipe` fields of which at most one may be given, a new model or a checkpoint.
+EXCLUSIVE_RECIPE_FIELDS = ("model_size", "init_from")
 
 GENERATE_DESCRIPTION = """\
 Generate bytes after PROMPT (or the contents of --prompt-file) and write the prompt followed by the generated text to
@@ -57,12 +48,12 @@ UTF-8 are written as U+FFFD. Notices, --stats and errors go to stderr; errors ex
 TRAIN_DESCRIPTION = """\
 Train a new BLT-D model (--config), or fine-tune a checkpoint (--init-from), on text files, then measure its bits per
 byte on held-out files. A new model goes through three stages: the entropy patcher is trained, the patching
-threshold is set so that patches average 4 bytes (at most 8), and the main model is trained with the patcher frozen.
-Fine-tuning keeps the checkpoint's patcher and threshold unless --train-patcher is given. The model, its tokenizer,
-trainer_state.json and eval_results.json are saved to --output-dir. Progress goes to stderr, the final held-out bits
-per byte to stdout. Several processes started by accelerate launch or torchrun train together (data parallel), each
-on --batch-size rows per step; only the main process writes. Needs the training extra: pip install
-"blt-diffusion[train]"."""
+threshold is set so that patches average --bytes-per-patch bytes (at most --max-patch-length), and the main model is
+trained with the patcher frozen. Fine-tuning keeps the checkpoint's patcher and threshold unless --train-patcher is
+given. The model, its tokenizer, trainer_state.json and eval_results.json are saved to --output-dir. Progress goes
+to stderr, the final held-out bits per byte to stdout. Several processes started by accelerate launch or torchrun
+train together (data parallel), each on --batch-size rows per step; only the main process writes. Needs the training
+extra: pip install "blt-diffusion[train]"."""
 
 CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
@@ -174,132 +165,103 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
-    """The `train` command: its arguments, and `run_train` as what it runs."""
-    train = commands.add_parser(
+    """The `train` command: the options of `TrainingRecipe` and a few of `TrainingArguments`, and `run_train` as what
+    it runs."""
+    parser = commands.add_parser(
         "train", help="train a BLT-D model or fine-tune a checkpoint", description=TRAIN_DESCRIPTION
     )
-    train.set_defaults(run=run_train)
-    train.add_argument("--output-dir", required=True, metavar="DIR", help="where the trained model is saved")
-    model = train.add_mutually_exclusive_group()
-    model.add_argument(
-        "--config",
-        choices=MODEL_SIZES,
-        help=f"size of a new model: about 0.2M, 10M or 40M parameters (default: {DEFAULT_MODEL_SIZE})",
+    parser.set_defaults(run=run_train)
+    add_recipe_options(parser)
+    # Read by `train_options`.
+    trainer = parser.add_argument_group(
+        "training arguments", "fields of transformers' TrainingArguments; the others keep the recipe's defaults"
     )
-    model.add_argument(
-        "--init-from",
-        metavar="DIR",
-        help="fine-tune this checkpoint instead, saved by this package or by transformers' BltForCausalLM",
+    trainer.add_argument("--output-dir", required=True, metavar="DIR", help="where the trained model is saved")
+    trainer.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=TRAINING_DEFAULTS["per_device_train_batch_size"],
+        metavar="N",
+        help="rows per process and step (default: %(default)s)",
     )
-    train.add_argument(
-        "--block-size",
-        type=non_negative_int,
-        default=8,
-        metavar="B",
-        help="diffusion block size; 0 trains a plain BLT (default: 8)",
-    )
-    train.add_argument(
-        "--data",
-        nargs="+",
-        metavar="PATH",
-        help="text files and directories to train on; about one file in 20, chosen by a hash of its path, is held "
-        "out (default: the Python standard library, held out by module)",
-    )
-    train.add_argument(
-        "--heldout-data",
-        nargs="+",
-        metavar="PATH",
-        help="held-out files and directories; all of --data is then trained on",
-    )
-    train.add_argument(
-        "--suffix",
-        nargs="+",
-        dest="suffixes",
-        default=DEFAULT_SUFFIXES,
-        metavar="SUFFIX",
-        help=f"read only files with these suffixes in directories (default: {' '.join(DEFAULT_SUFFIXES)})",
-    )
-    train.add_argument(
-        "--sequence-length", type=positive_int, default=512, metavar="N", help="bytes per training row (default: 512)"
-    )
-    train.add_argument(
-        "--batch-size", type=positive_int, default=8, metavar="N", help="rows per process and step (default: 8)"
-    )
-    train.add_argument(
+    trainer.add_argument(
         "--gradient-accumulation-steps",
         type=positive_int,
-        default=1,
+        default=TRAINING_DEFAULTS["gradient_accumulation_steps"],
         metavar="N",
-        help="accumulate the gradients of N batches per optimizer step (default: 1)",
+        help="accumulate the gradients of N batches per optimizer step (default: %(default)s)",
     )
-    train.add_argument(
+    trainer.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute activations in the backward pass, to save memory",
     )
-    train.add_argument(
+    trainer.add_argument(
         "--max-steps",
         type=positive_int,
         metavar="N",
         help="optimizer steps; the learning-rate schedule spans them (default: per --config, "
-        f"{FINE_TUNE_MAX_STEPS} with --init-from)",
+        f"{FINE_TUNING_SCHEDULE.max_steps} with --init-from)",
     )
-    train.add_argument(
-        "--minutes",
-        type=float,
-        default=DEFAULT_MINUTES,
-        metavar="M",
-        help=f"stop training after M minutes even if steps remain (default: {DEFAULT_MINUTES:g})",
-    )
-    train.add_argument(
+    trainer.add_argument(
         "--learning-rate",
         type=float,
         metavar="LR",
-        help=f"peak learning rate (default: per --config, {FINE_TUNE_LEARNING_RATE:g} with --init-from)",
+        help=f"peak learning rate (default: per --config, {FINE_TUNING_SCHEDULE.learning_rate:g} with --init-from)",
     )
-    train.add_argument(
-        "--train-patcher",
-        action="store_true",
-        help="with --init-from: also train the checkpoint's patcher and recalibrate its threshold",
-    )
-    train.add_argument(
-        "--patcher-steps",
-        type=positive_int,
-        metavar="N",
-        help=f"patcher optimizer steps (default: per --config, {FINE_TUNE_PATCHER_MAX_STEPS} with --init-from)",
-    )
-    train.add_argument(
-        "--patcher-minutes",
-        type=float,
-        metavar="M",
-        help=f"stop patcher training after M minutes even if steps remain (default: {DEFAULT_PATCHER_MINUTES:g})",
-    )
-    train.add_argument(
-        "--max-bytes", type=positive_int, metavar="N", help="train on only the first N bytes of text (quick runs)"
-    )
-    train.add_argument(
+    trainer.add_argument(
         "--eval-steps", type=positive_int, metavar="N", help="also measure the held-out loss every N steps"
     )
-    train.add_argument(
+    trainer.add_argument(
         "--logging-steps",
         type=positive_int,
-        default=10,
+        default=TRAINING_DEFAULTS["logging_steps"],
         metavar="N",
-        help="log the losses every N steps (default: 10)",
+        help="log the losses every N steps (default: %(default)s)",
     )
-    train.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="CPU threads per process for PyTorch (default: PyTorch's, which follows OMP_NUM_THREADS)",
-    )
-    train.add_argument(
+    trainer.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=TRAINING_DEFAULTS["seed"],
         metavar="N",
-        help="random seed of initialisation, data order and masking (default: 0)",
+        help="random seed of initialisation, data order and masking (default: %(default)s)",
     )
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """One option per `TrainingRecipe` field, as its metadata describes it: named after the field with dashes (or
+    its `aliases`), with its default, help, metavar, choices and lower bound (`AtLeast`)."""
+    hints = get_type_hints(TrainingRecipe)
+    bounds = lower_bounds()
+    recipe = parser.add_argument_group("recipe", "fields of blt_diffusion.training.TrainingRecipe")
+    new_or_checkpoint = recipe.add_mutually_exclusive_group()
+    for field in fields(TrainingRecipe):
+        options = dict(field.metadata)
+        flags = options.pop("aliases", None) or [f"--{field.name.replace('_', '-')}"]
+        group = new_or_checkpoint if field.name in EXCLUSIVE_RECIPE_FIELDS else recipe
+        value_type = hints[field.name]
+        if type(None) in get_args(value_type):
+            # An optional field: None is its default, not a value to type.
+            (value_type,) = (arg for arg in get_args(value_type) if arg is not type(None))
+        if value_type is bool:
+            group.add_argument(*flags, dest=field.name, action="store_true", **options)
+            continue
+        if get_origin(value_type) is list:
+            options["nargs"] = "+"
+            (value_type,) = get_args(value_type)
+        if field.name in bounds:
+            value_type = {0: non_negative_int, 1: positive_int}[bounds[field.name]]
+        default = field.default if field.default_factory is MISSING else field.default_factory()
+        if default is not None:
+            options["help"] += f" (default: {describe_default(default)})"
+        group.add_argument(*flags, dest=field.name, type=value_type, default=default, **options)
+
+
+def describe_default(value: object) -> str:
+    """A default as a user would type it: lists space-separated, floats without trailing zeros."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_convert_command(commands: argparse._SubParsersAction) -> None:
@@ -499,70 +461,60 @@ def print_stats(output: BltDiffusionGenerateOutput, num_new_bytes: int, seconds:
 
 def run_train(args: argparse.Namespace) -> int:
     """The `train` command."""
+    return train(*train_options(args))
+
+
+def train_options(args: argparse.Namespace) -> tuple[TrainingRecipe, TrainingArguments]:
+    """The recipe and the `TrainingArguments` that the `train` command's options give; the other `TrainingArguments`
+    keep the recipe's defaults."""
+    try:
+        recipe = TrainingRecipe(**{field.name: getattr(args, field.name) for field in fields(TrainingRecipe)})
+        training_args = training_arguments(
+            args.output_dir,
+            per_device_train_batch_size=args.batch_size,
+            # The held-out rows are measured in batches of the same size.
+            per_device_eval_batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            activation_checkpointing=args.gradient_checkpointing,
+            # None: the model preset's.
+            max_steps=args.max_steps,
+            learning_rate=args.learning_rate,
+            eval_strategy="steps" if args.eval_steps else "no",
+            eval_steps=args.eval_steps,
+            logging_steps=args.logging_steps,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise CliError(one_line(error)) from error
+    return recipe, training_args
+
+
+def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
+    """Run the training recipe as the `train` command does: progress on stderr, the held-out bits per byte on stdout.
+
+    `examples/train.py` runs it with the options of its own parser. Every process of a distributed run trains, and
+    the main one speaks for them all.
+    """
     require_training_extra()
-    from .training import build_model, run_training
+    from .training import run_training
     from .training.trainer import is_main_process
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    train_new_patcher = args.train_patcher or args.init_from is None
-    if not train_new_patcher and (args.patcher_steps is not None or args.patcher_minutes is not None):
-        raise CliError("--patcher-steps and --patcher-minutes need --train-patcher when fine-tuning (--init-from)")
-    train_files, heldout_files = training_files(args.data, args.heldout_data, args.suffixes)
-    set_seed(args.seed)
-    if args.init_from is not None:
-        size = None
-        model = load_checkpoint(args.init_from, diffusion_block_size=args.block_size).model
-    else:
-        size = args.config or DEFAULT_MODEL_SIZE
-        model = build_model(size, args.block_size)
-    given = {
-        "max_steps": args.max_steps,
-        "learning_rate": args.learning_rate,
-        "patcher_max_steps": args.patcher_steps,
-        "patcher_max_minutes": args.patcher_minutes,
-    }
-    schedule = default_schedule(size) | {name: value for name, value in given.items() if value is not None}
-    # Stdout is for the result: the Trainer's own summaries join the progress messages on stderr. Every process of a
-    # distributed run trains, and the main one speaks for them all.
+    model = None
+    if recipe.init_from is not None:
+        # Loaded here rather than by `run_training`, to refuse in one line a checkpoint that lacks weights. Seeded
+        # first: a stock BLT checkpoint lacks the masked-byte embedding, which starts at random.
+        set_seed(training_args.seed)
+        model = load_checkpoint(recipe.init_from, diffusion_block_size=recipe.block_size).model
+    # Stdout is for the result: the Trainer's own summaries join the progress messages on stderr.
     main_process = is_main_process()
     with progress_messages() if main_process else contextlib.nullcontext(), contextlib.redirect_stdout(sys.stderr):
         try:
-            results = run_training(
-                model,
-                args.output_dir,
-                train_files,
-                heldout_files,
-                max_minutes=args.minutes,
-                batch_size=args.batch_size,
-                sequence_length=args.sequence_length,
-                max_bytes=args.max_bytes,
-                train_new_patcher=train_new_patcher,
-                gradient_accumulation_steps=args.gradient_accumulation_steps,
-                gradient_checkpointing=args.gradient_checkpointing,
-                eval_steps=args.eval_steps,
-                logging_steps=args.logging_steps,
-                seed=args.seed,
-                **schedule,
-            )
+            results = run_training(recipe, training_args, model)
         except ValueError as error:
             raise CliError(one_line(error)) from error
     if main_process:
         print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
     return 0
-
-
-def default_schedule(size: str | None) -> dict[str, float]:
-    """Default steps, peak learning rates and patcher time limit for a new model of `size`, or fine-tuning (None)."""
-    from .training.pipeline import DEFAULT_LEARNING_RATE, DEFAULT_MAX_STEPS, DEFAULT_PATCHER_MAX_STEPS
-
-    if size is None:
-        steps = {"max_steps": FINE_TUNE_MAX_STEPS, "learning_rate": FINE_TUNE_LEARNING_RATE}
-        patcher_max_steps = FINE_TUNE_PATCHER_MAX_STEPS
-    else:
-        steps = {"max_steps": DEFAULT_MAX_STEPS[size], "learning_rate": DEFAULT_LEARNING_RATE[size]}
-        patcher_max_steps = DEFAULT_PATCHER_MAX_STEPS[size]
-    return steps | {"patcher_max_steps": patcher_max_steps, "patcher_max_minutes": DEFAULT_PATCHER_MINUTES}
 
 
 def require_training_extra() -> None:
@@ -571,34 +523,6 @@ def require_training_extra() -> None:
         import datasets  # noqa: F401
     except ImportError:
         raise CliError('`train` needs the training extra: pip install "blt-diffusion[train]"') from None
-
-
-def training_files(
-    data: list[str] | None, heldout_data: list[str] | None, suffixes: list[str]
-) -> tuple[list[Path], list[Path]]:
-    """Training and held-out files: `data` (split by file unless `heldout_data` is given) and `heldout_data`, each
-    defaulting to its split of the standard library."""
-    from .training import split_text_files, stdlib_source_files, text_files
-
-    suffixes = ["." + suffix.lstrip(".") for suffix in suffixes]
-    for path in (data or []) + (heldout_data or []):
-        if not Path(path).exists():
-            raise CliError(f"training data not found: {path}")
-    if data is not None and heldout_data is None:
-        try:
-            splits = split_text_files(data, suffixes)
-        except ValueError:
-            raise CliError(
-                f"--data holds fewer than two text files ({' '.join(suffixes)}), so none can be held out: give more, "
-                "or --heldout-data"
-            ) from None
-        return splits["train"], splits["heldout"]
-    train = stdlib_source_files("train") if data is None else text_files(data, suffixes)
-    heldout = stdlib_source_files("heldout") if heldout_data is None else text_files(heldout_data, suffixes)
-    for option, files in (("--data", train), ("--heldout-data", heldout)):
-        if not files:
-            raise CliError(f"{option} holds no UTF-8 text files ({' '.join(suffixes)})")
-    return train, heldout
 
 
 @contextlib.contextmanager

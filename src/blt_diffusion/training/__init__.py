@@ -1,33 +1,48 @@
 """Training pipeline for BLT and BLT-D models: offline byte data, patcher training and threshold calibration, and
-`transformers.Trainer`-based training of the main model. Needs the `train` extra (`datasets`)."""
+`transformers.Trainer`-based training of the main model. Needs the `train` extra (`datasets`), except `recipe`.
 
-from .data import (
-    compressed_bits_per_byte,
-    heldout_bits_per_byte,
-    pack_byte_sequences,
-    split_text_files,
-    stdlib_source_files,
-    text_files,
-)
-from .patcher import PatcherLanguageModel, calibrate_patching_threshold, train_patcher
-from .pipeline import MODEL_CONFIGS, build_model, run_training
-from .trainer import BltTrainer, TimeLimitCallback, train_model, training_arguments
+Names are imported from their submodules on first use, so that `blt_diffusion.training.recipe`, which the command line
+reads to describe `train`, loads without the training extra.
+"""
 
-__all__ = [
-    "MODEL_CONFIGS",
-    "BltTrainer",
-    "PatcherLanguageModel",
-    "TimeLimitCallback",
-    "build_model",
-    "calibrate_patching_threshold",
-    "compressed_bits_per_byte",
-    "heldout_bits_per_byte",
-    "pack_byte_sequences",
-    "run_training",
-    "split_text_files",
-    "stdlib_source_files",
-    "text_files",
-    "train_model",
-    "train_patcher",
-    "training_arguments",
-]
+import importlib
+
+_SUBMODULES = {
+    "data": [
+        "compressed_bits_per_byte",
+        "heldout_bits_per_byte",
+        "pack_byte_sequences",
+        "split_text_files",
+        "stdlib_source_files",
+        "text_files",
+    ],
+    "patcher": ["PatcherLanguageModel", "calibrate_patching_threshold", "train_patcher"],
+    "pipeline": ["build_model", "initial_model", "run_training", "training_files"],
+    "recipe": [
+        "DEFAULT_MODEL_SIZE",
+        "FINE_TUNING_SCHEDULE",
+        "MODEL_PRESETS",
+        "ModelPreset",
+        "TrainingRecipe",
+        "TrainingSchedule",
+        "training_argument_defaults",
+        "training_arguments",
+    ],
+    "trainer": ["BltTrainer", "TimeLimitCallback", "check_process_group", "train_model"],
+}
+_SUBMODULE_OF = {name: submodule for submodule, names in _SUBMODULES.items() for name in names}
+
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _SUBMODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+    # Later lookups find the name directly, without this function.
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

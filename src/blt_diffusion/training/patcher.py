@@ -11,12 +11,13 @@ from collections.abc import Iterator
 import datasets
 import torch
 from torch import nn
+from transformers import TrainingArguments
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..cache_blt_diffusion import build_attention_context
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, run_layers
-from .trainer import BltTrainer, TimeLimitCallback, training_arguments
+from .trainer import BltTrainer, TimeLimitCallback, check_process_group
 
 
 class PatcherLanguageModel(nn.Module):
@@ -83,35 +84,30 @@ def trainable(module: nn.Module) -> Iterator[nn.Module]:
 def train_patcher(
     model: BltDiffusionForCausalLM,
     train_dataset: datasets.Dataset,
-    output_dir: str,
-    max_steps: int = -1,
+    args: TrainingArguments,
     max_minutes: float | None = None,
-    learning_rate: float = 1e-3,
-    batch_size: int = 8,
-    **training_kwargs,
 ) -> PatcherLanguageModel:
     """Train `model.model.patcher` in place as a next-byte LM with `transformers.Trainer`; it is frozen again after.
 
     Args:
         model (`BltDiffusionForCausalLM`): a model with an entropy patcher (`patch_in_forward=True`).
         train_dataset: rows with `input_ids` and `labels`, e.g. from `pack_byte_sequences`.
-        output_dir (`str`): where the Trainer writes its state; nothing is saved there (the patcher is saved with
-            the model).
-        max_steps (`int`): optimizer steps; the learning-rate schedule spans them. -1 trains one epoch.
+        args (`TrainingArguments`): e.g. from `training_arguments`, or `TrainingRecipe.stage_arguments`; the Trainer
+            runs in `args.output_dir` but saves nothing there (the patcher is saved with the model). `max_steps` -1
+            trains `num_train_epochs` epochs.
         max_minutes (`float`, *optional*): stop earlier when this much time has passed.
-        learning_rate (`float`): peak learning rate.
-        batch_size (`int`): rows per device and step.
-        training_kwargs: other arguments of `training_arguments` (e.g. `warmup_ratio`, `logging_steps`, `seed`).
 
     Returns:
         The `PatcherLanguageModel` that was trained (sharing the patcher's parameters), e.g. to evaluate its loss.
+
+    Raises:
+        `ValueError`: the model has no patcher, or the processes of a distributed launch cannot train together
+            (`check_process_group`).
     """
     if model.model.patcher is None:
         raise ValueError("This model has no entropy patcher (`patch_in_forward=False`).")
+    check_process_group(args)
     patcher_model = PatcherLanguageModel(model.model.patcher)
-    args = training_arguments(
-        output_dir, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, **training_kwargs
-    )
     callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
     with trainable(model.model.patcher):
         BltTrainer(model=patcher_model, args=args, train_dataset=train_dataset, callbacks=callbacks).train()

@@ -15,136 +15,135 @@ weights, and only the main process writes.
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import TrainingArguments, set_seed
 
 from ..configuration_blt_diffusion import BltDiffusionConfig
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM
-from ..random_init import benchmark_blt_config, small_blt_config, tiny_blt_config
-from .data import evenly_spaced_rows, heldout_bits_per_byte, pack_byte_sequences
+from .data import (
+    evenly_spaced_rows,
+    heldout_bits_per_byte,
+    pack_byte_sequences,
+    split_text_files,
+    stdlib_source_files,
+    text_files,
+)
 from .patcher import calibrate_patching_threshold, train_patcher
+from .recipe import MODEL_PRESETS, TrainingRecipe
 from .trainer import is_main_process, train_model
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIGS = {"tiny": tiny_blt_config, "small": small_blt_config, "benchmark": benchmark_blt_config}
-# Per configuration, steps that roughly fill 20 minutes (main model) and 3 minutes (patcher) on 2 CPU cores with
-# 8 x 512-byte batches (measured with block size 8: about 1.6 s per step for the tiny model, 9-14 s for the 40M one;
-# its patcher about 0.5-0.8 s), and peak learning rates: short runs of small models take high rates.
-DEFAULT_MAX_STEPS = {"tiny": 600, "small": 300, "benchmark": 120}
-DEFAULT_PATCHER_MAX_STEPS = {"tiny": 1000, "small": 400, "benchmark": 300}
-DEFAULT_LEARNING_RATE = {"tiny": 3e-3, "small": 2e-3, "benchmark": 1e-3}
 RESULTS_FILE = "eval_results.json"
 
 
-def build_model(config_name: str, block_size: int) -> BltDiffusionForCausalLM:
-    """A randomly initialised model of a size in `MODEL_CONFIGS` with diffusion block size `block_size` (0: BLT)."""
-    config = BltDiffusionConfig.from_blt_config(MODEL_CONFIGS[config_name](), diffusion_block_size=block_size)
+def build_model(model_size: str, block_size: int) -> BltDiffusionForCausalLM:
+    """A randomly initialised model of a size in `MODEL_PRESETS` with diffusion block size `block_size` (0: BLT)."""
+    blt_config = MODEL_PRESETS[model_size].blt_config()
+    config = BltDiffusionConfig.from_blt_config(blt_config, diffusion_block_size=block_size)
     return BltDiffusionForCausalLM(config)
 
 
+def initial_model(recipe: TrainingRecipe) -> BltDiffusionForCausalLM:
+    """The model that `recipe` starts from: a new one of `recipe.new_model_size`, or the checkpoint `recipe.init_from`,
+    both with diffusion block size `recipe.block_size`. Seed first (`set_seed`) for reproducible new weights."""
+    if recipe.init_from is None:
+        return build_model(recipe.new_model_size, recipe.block_size)
+    return BltDiffusionForCausalLM.from_pretrained(recipe.init_from, diffusion_block_size=recipe.block_size)
+
+
+def training_files(recipe: TrainingRecipe) -> tuple[list[Path], list[Path]]:
+    """The training and held-out files of `recipe`: `data`, split by file unless `heldout_data` is given, and
+    `heldout_data`, each defaulting to its split of the standard library.
+
+    Raises:
+        `ValueError`: a path does not exist, or a side has no text file (`data` alone: fewer than two, so none can be
+            held out).
+    """
+    suffixes = " ".join(recipe.suffixes)
+    for path in (recipe.data or []) + (recipe.heldout_data or []):
+        if not Path(path).exists():
+            raise ValueError(f"training data not found: {path}")
+    if recipe.data is not None and recipe.heldout_data is None:
+        try:
+            splits = split_text_files(recipe.data, recipe.suffixes)
+        except ValueError:
+            raise ValueError(
+                f"--data holds fewer than two text files ({suffixes}), so none can be held out: give more, or "
+                "--heldout-data"
+            ) from None
+        return splits["train"], splits["heldout"]
+    data, heldout_data = recipe.data, recipe.heldout_data
+    train = stdlib_source_files("train") if data is None else text_files(data, recipe.suffixes)
+    heldout = stdlib_source_files("heldout") if heldout_data is None else text_files(heldout_data, recipe.suffixes)
+    for option, files in (("--data", train), ("--heldout-data", heldout)):
+        if not files:
+            raise ValueError(f"{option} holds no UTF-8 text files ({suffixes})")
+    return train, heldout
+
+
 def run_training(
-    model: BltDiffusionForCausalLM,
-    output_dir: str | Path,
-    train_files: Sequence[str | Path],
-    heldout_files: Sequence[str | Path],
-    max_steps: int,
-    learning_rate: float,
-    max_minutes: float | None = None,
-    batch_size: int = 8,
-    sequence_length: int = 512,
-    max_bytes: int | None = None,
-    train_new_patcher: bool = True,
-    patcher_max_steps: int = -1,
-    patcher_max_minutes: float | None = None,
-    patcher_learning_rate: float = 3e-3,
-    bytes_per_patch: float = 4.0,
-    max_patch_length: int | None = 8,
-    calibration_rows: int = 64,
-    eval_rows: int = 64,
-    eval_steps: int | None = None,
-    logging_steps: int = 10,
-    seed: int = 0,
-    **training_kwargs,
+    recipe: TrainingRecipe, training_args: TrainingArguments, model: BltDiffusionForCausalLM | None = None
 ) -> dict[str, float]:
-    """Train `model` in place on `train_files` and save it, the tokenizer and its held-out results to `output_dir`.
+    """Train a model as `recipe` says, then save it, the tokenizer and its held-out results to the output directory.
 
     Progress goes to this module's logger (`logging.getLogger("blt_diffusion.training.pipeline")`) at INFO level, in
     every process of a distributed run.
 
     Args:
-        model (`BltDiffusionForCausalLM`): a new model (`build_model`) or a checkpoint to fine-tune.
-        output_dir (`str` or `Path`): receives the model, tokenizer, `trainer_state.json` and `RESULTS_FILE`.
-        train_files, heldout_files: text files, each one document (see `pack_byte_sequences`).
-        max_steps (`int`): main-model optimizer steps; the learning-rate schedule spans them.
-        learning_rate (`float`): main-model peak learning rate.
-        max_minutes (`float`, *optional*): stop main-model training early once this much time has passed.
-        batch_size (`int`): rows per process and micro-batch, for both trainings and the evaluation.
-        sequence_length (`int`): bytes per row.
-        max_bytes (`int`, *optional*): use only this many bytes of training text (quick runs).
-        train_new_patcher (`bool`): train the patcher and calibrate the threshold first (stages 1 and 2); False
-            keeps the model's own, as fine-tuning should.
-        patcher_max_steps (`int`): patcher optimizer steps; -1 trains one epoch.
-        patcher_max_minutes (`float`, *optional*): time limit of patcher training.
-        patcher_learning_rate (`float`): patcher peak learning rate.
-        bytes_per_patch (`float`): mean patch length to calibrate the threshold to.
-        max_patch_length (`int`, *optional*): longest patch set by the calibration; None for no limit.
-        calibration_rows (`int`): training rows, evenly spaced, to calibrate the threshold on.
-        eval_rows (`int`): held-out rows, evenly spaced, to measure bits per byte on.
-        eval_steps (`int`, *optional*): also evaluate the held-out rows every this many steps.
-        logging_steps (`int`): log the training losses every this many steps.
-        seed (`int`): seed of both trainings (data order, masking).
-        training_kwargs: other arguments of `training_arguments` for the main model, e.g.
-            `gradient_accumulation_steps`, `gradient_checkpointing`.
+        recipe (`TrainingRecipe`): the model, data, patcher stages and time limits.
+        training_args (`TrainingArguments`): the main model's training, e.g. from `training_arguments` or
+            `HfArgumentParser`; `max_steps` and `learning_rate` left None take the model preset's (see
+            `TrainingRecipe.stage_arguments`, which also derives the patcher's). Evaluation on the held-out rows
+            follows its `eval_strategy`; its `seed` also seeds a new model's weights.
+        model (`BltDiffusionForCausalLM`, *optional*): the model to train in place, instead of `initial_model(recipe)`;
+            it should be the one that `recipe` names.
 
     Returns:
         `{"heldout_bits_per_byte": ..., "heldout_rows": ..., "patching_threshold": ...}`, also written to
         `output_dir / RESULTS_FILE` (by the main process).
 
     Raises:
-        `ValueError`: the training or held-out files hold less than one row of `sequence_length` bytes.
+        `ValueError`: the data is missing (`training_files`), or holds less than one row of `sequence_length` bytes.
     """
-    output_dir = Path(output_dir)
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
+    patcher_args, training_args = recipe.stage_arguments(training_args)
+    train_files, heldout_files = training_files(recipe)
+    if model is None:
+        set_seed(training_args.seed)
+        model = initial_model(recipe)
+    output_dir = Path(training_args.output_dir)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info(
         "Model: %.2fM parameters, diffusion block size %d", num_parameters / 1e6, model.config.diffusion_block_size
     )
-    train_rows = pack_byte_sequences(train_files, sequence_length, max_bytes=max_bytes)
-    heldout_rows = pack_byte_sequences(heldout_files, sequence_length)
+    train_rows = pack_byte_sequences(train_files, recipe.sequence_length, max_bytes=recipe.max_bytes)
+    heldout_rows = pack_byte_sequences(heldout_files, recipe.sequence_length)
     for name, rows in (("training", train_rows), ("held-out", heldout_rows)):
         if len(rows) == 0:
-            raise ValueError(f"The {name} files hold less than one row of {sequence_length} bytes.")
-    heldout_rows = heldout_rows.select(evenly_spaced_rows(len(heldout_rows), eval_rows))
+            raise ValueError(f"The {name} files hold less than one row of {recipe.sequence_length} bytes.")
+    heldout_rows = heldout_rows.select(evenly_spaced_rows(len(heldout_rows), recipe.eval_rows))
     logger.info(
         "Data: %d training and %d held-out files; %d training and %d held-out rows of %d bytes",
         len(train_files),
         len(heldout_files),
         len(train_rows),
         len(heldout_rows),
-        sequence_length,
+        recipe.sequence_length,
     )
 
-    if train_new_patcher:
+    if recipe.train_new_patcher:
         logger.info("Stage 1: training the entropy patcher")
-        train_patcher(
-            model,
-            train_rows,
-            str(output_dir / "patcher_trainer"),
-            max_steps=patcher_max_steps,
-            max_minutes=patcher_max_minutes,
-            learning_rate=patcher_learning_rate,
-            batch_size=batch_size,
-            logging_steps=logging_steps,
-            seed=seed,
-        )
-        calibration_ids = train_rows.select(evenly_spaced_rows(len(train_rows), calibration_rows))
+        train_patcher(model, train_rows, patcher_args, max_minutes=recipe.patcher_max_minutes)
+        calibration_ids = train_rows.select(evenly_spaced_rows(len(train_rows), recipe.calibration_rows))
         calibrate_patching_threshold(
             model,
             calibration_ids.with_format("torch")[:]["input_ids"],
-            target_bytes_per_patch=bytes_per_patch,
-            max_patch_length=max_patch_length,
+            target_bytes_per_patch=recipe.bytes_per_patch,
+            max_patch_length=recipe.max_patch_length,
         )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # The processes calibrate identical patchers on the same rows, but different devices may round the
@@ -155,29 +154,19 @@ def run_training(
         logger.info(
             "Stage 2: patching threshold %.4f nats (%.1f bytes per patch)",
             model.config.patching_threshold,
-            bytes_per_patch,
+            recipe.bytes_per_patch,
         )
     else:
         logger.info("Keeping the model's patcher and threshold (%.4f nats)", model.config.patching_threshold)
 
     logger.info("Stage 3: training the main model")
-    train_model(
-        model,
-        train_rows,
-        heldout_rows if eval_steps else None,
-        str(output_dir),
-        max_minutes=max_minutes,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        logging_steps=logging_steps,
-        eval_steps=eval_steps,
-        seed=seed,
-        **training_kwargs,
-    )
+    evaluates = training_args.eval_strategy != "no"
+    train_model(model, train_rows, heldout_rows if evaluates else None, training_args, max_minutes=recipe.minutes)
 
     results = {
-        "heldout_bits_per_byte": heldout_bits_per_byte(model, heldout_rows, batch_size=batch_size),
+        "heldout_bits_per_byte": heldout_bits_per_byte(
+            model, heldout_rows, batch_size=training_args.per_device_eval_batch_size
+        ),
         "heldout_rows": len(heldout_rows),
         "patching_threshold": model.config.patching_threshold,
     }

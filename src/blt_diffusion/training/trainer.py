@@ -100,109 +100,55 @@ class BltTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def training_arguments(
-    output_dir: str,
-    max_steps: int = -1,
-    num_train_epochs: float = 1.0,
-    learning_rate: float = 1e-3,
-    batch_size: int = 8,
-    gradient_accumulation_steps: int = 1,
-    warmup_ratio: float = 0.05,
-    weight_decay: float = 0.1,
-    adam_beta2: float = 0.95,
-    max_grad_norm: float = 1.0,
-    lr_scheduler_type: str = "cosine",
-    logging_steps: int = 10,
-    eval_steps: int | None = None,
-    gradient_checkpointing: bool = False,
-    seed: int = 0,
-) -> TrainingArguments:
-    """`TrainingArguments` for byte-LM training: AdamW with β2 0.95 and weight decay, warmup then cosine decay, no
-    checkpoints during training, no reporting integrations, bf16 autocast only on a GPU that supports it.
+def check_process_group(args: TrainingArguments) -> None:
+    """Refuse to train in processes that a launcher started but that do not form one process group.
 
-    `max_steps` > 0 overrides `num_train_epochs`; the schedule spans whichever defines the run. `warmup_ratio` is a
-    fraction of it. With `eval_steps`, an evaluation dataset is evaluated every `eval_steps` steps. `batch_size` is
-    per process: a distributed run takes `batch_size * gradient_accumulation_steps * processes` rows per step.
+    Without GPUs, and unless `ACCELERATE_USE_CPU=1`, `torchrun` and `accelerate launch --multi_gpu` start processes
+    that each see a world of one, so that each would train alone and overwrite the others' output.
 
     Raises:
-        `ValueError`: a launcher started several processes that do not form one process group (without GPUs, unless
-            `ACCELERATE_USE_CPU=1`), so that each would train alone and overwrite the others' output.
+        `ValueError`: the launcher's `WORLD_SIZE` differs from `args.world_size`.
     """
-    args = TrainingArguments(
-        output_dir=output_dir,
-        max_steps=max_steps,
-        num_train_epochs=num_train_epochs,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        # A float below 1 is a fraction of the training steps.
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        adam_beta2=adam_beta2,
-        max_grad_norm=max_grad_norm,
-        lr_scheduler_type=lr_scheduler_type,
-        logging_steps=logging_steps,
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps,
-        # Only the loss is needed from evaluation; gathering (batch, seq, vocab) logits would waste memory.
-        prediction_loss_only=True,
-        save_strategy="no",
-        activation_checkpointing=gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_pin_memory=torch.cuda.is_available(),
-        seed=seed,
-        data_seed=seed,
-        report_to=[],
-        dataloader_num_workers=0,
-    )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if args.world_size != launched:
         raise ValueError(
             f"{launched} processes were launched but they do not form one process group: each needs a GPU of its "
             "own, or set ACCELERATE_USE_CPU=1 to train on the CPU."
         )
-    return args
 
 
 def train_model(
     model: BltDiffusionForCausalLM,
     train_dataset: datasets.Dataset,
     eval_dataset: datasets.Dataset | None,
-    output_dir: str,
+    args: TrainingArguments,
     max_minutes: float | None = None,
-    max_steps: int = -1,
-    learning_rate: float = 4e-4,
-    batch_size: int = 8,
-    **training_kwargs,
 ) -> BltDiffusionForCausalLM:
-    """Train `model` in place with `BltTrainer`, then save it and the byte tokenizer to `output_dir`.
+    """Train `model` in place with `BltTrainer`, then save it and the byte tokenizer to `args.output_dir`.
 
-    The patcher stays frozen (see `train_patcher` to train it first). `output_dir` also receives
+    The patcher stays frozen (see `train_patcher` to train it first). `args.output_dir` also receives
     `trainer_state.json`, whose `log_history` holds every logged loss, component and evaluation, and the Trainer's
     `training_args.bin`. In a distributed run every process trains and only the main one writes.
 
     Args:
         model (`BltDiffusionForCausalLM`): the model to train.
         train_dataset (`datasets.Dataset`): rows with `input_ids` and `labels`, e.g. from `pack_byte_sequences`.
-        eval_dataset (`datasets.Dataset`, *optional*): evaluated every `eval_steps` steps if given, and at the end.
-        output_dir (`str`): where the model, tokenizer and trainer state are saved.
+        eval_dataset (`datasets.Dataset`, *optional*): evaluated as `args.eval_strategy` says if given, and at the
+            end.
+        args (`TrainingArguments`): e.g. from `training_arguments`. `per_device_train_batch_size` rows per process
+            and micro-batch: a distributed run takes that many times `gradient_accumulation_steps` times the number
+            of processes per optimizer step.
         max_minutes (`float`, *optional*): stop early once this much time has passed. The learning-rate schedule is
-            still defined over `max_steps` (or the epochs), so give `max_steps` too for the cosine decay to finish.
-        max_steps (`int`): optimizer steps; -1 trains `num_train_epochs` (default 1) epochs.
-        learning_rate (`float`): peak learning rate.
-        batch_size (`int`): rows per device and micro-batch.
-        training_kwargs: other arguments of `training_arguments`: `gradient_accumulation_steps`, `warmup_ratio`,
-            `weight_decay`, `adam_beta2`, `max_grad_norm`, `lr_scheduler_type`, `logging_steps`, `eval_steps`,
-            `gradient_checkpointing`, `num_train_epochs`, `seed`.
+            still defined over `args.max_steps` (or the epochs), so give `max_steps` too for the cosine decay to
+            finish.
 
     Returns:
         The trained model (the same object).
+
+    Raises:
+        `ValueError`: the processes of a distributed launch cannot train together (`check_process_group`).
     """
-    args = training_arguments(
-        output_dir, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, **training_kwargs
-    )
+    check_process_group(args)
     callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
     trainer = BltTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks
@@ -217,8 +163,8 @@ def train_model(
     if eval_dataset is not None and not evaluated_last_step:
         trainer.evaluate()
     # Unlike `model.save_pretrained`, writes from the main process only (and gathers the weights of a sharded model).
-    trainer.save_model(output_dir)
+    trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
-        trainer.state.save_to_json(f"{output_dir}/trainer_state.json")
-        BltDiffusionTokenizer().save_pretrained(output_dir)
+        trainer.state.save_to_json(f"{args.output_dir}/trainer_state.json")
+        BltDiffusionTokenizer().save_pretrained(args.output_dir)
     return model
