@@ -29,6 +29,7 @@ from blt_diffusion.training import (
 )
 from blt_diffusion.training.data import EXCLUDED_DIRECTORIES, module_split
 from blt_diffusion.training.patcher import mean_patch_length
+from blt_diffusion.training.pipeline import initial_model
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +234,7 @@ def test_time_limit_stops_training_after_the_first_step(tiny_model, training_row
         ({"model_size": "tiny", "init_from": "checkpoint"}, "--config and --init-from exclude each other"),
         ({"init_from": "checkpoint", "patcher_minutes": 1.0}, "need --train-patcher when fine-tuning"),
         ({"bytes_per_patch": 9.0}, "cannot exceed `max_patch_length` (8)"),
+        ({"mid_patch_share": 1.5}, "`mid_patch_share` must lie in [0, 1], got 1.5"),
     ],
 )
 def test_recipe_rejects_invalid_options(options, message):
@@ -270,3 +272,14 @@ def test_recipe_stage_arguments_fill_in_the_preset_and_derive_the_patchers(tmp_p
         FINE_TUNING_SCHEDULE.max_steps,
         FINE_TUNING_SCHEDULE.learning_rate,
     )
+
+
+def test_recipe_sets_the_diffusion_fields_of_new_and_loaded_models(tmp_path):
+    recipe = TrainingRecipe(model_size="tiny", block_size=4, mid_patch_share=0.5)
+    model = initial_model(recipe)
+    assert (model.config.diffusion_block_size, model.config.diffusion_mid_patch_share) == (4, 0.5)
+    model.save_pretrained(tmp_path)
+    loaded = initial_model(TrainingRecipe(init_from=str(tmp_path), block_size=4))
+    assert loaded.config.diffusion_mid_patch_share == 0.5  # kept from the checkpoint when not given
+    changed = initial_model(TrainingRecipe(init_from=str(tmp_path), block_size=4, mid_patch_share=0.25))
+    assert changed.config.diffusion_mid_patch_share == 0.25

@@ -504,7 +504,7 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
         # Loaded here rather than by `run_training`, to refuse in one line a checkpoint that lacks weights. Seeded
         # first: a stock BLT checkpoint lacks the masked-byte embedding, which starts at random.
         set_seed(training_args.seed)
-        model = load_checkpoint(recipe.init_from, diffusion_block_size=recipe.block_size).model
+        model = load_checkpoint(recipe.init_from, **recipe.model_config_overrides()).model
     # Stdout is for the result: the Trainer's own summaries join the progress messages on stderr.
     main_process = is_main_process()
     with progress_messages() if main_process else contextlib.nullcontext(), contextlib.redirect_stdout(sys.stderr):

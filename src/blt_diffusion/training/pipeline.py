@@ -39,19 +39,22 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "eval_results.json"
 
 
-def build_model(model_size: str, block_size: int) -> BltDiffusionForCausalLM:
-    """A randomly initialised model of a size in `MODEL_PRESETS` with diffusion block size `block_size` (0: BLT)."""
+def build_model(model_size: str, **config_overrides) -> BltDiffusionForCausalLM:
+    """A randomly initialised model of a size in `MODEL_PRESETS` with `config_overrides` (e.g.
+    `diffusion_block_size`; 0, the default, makes a plain BLT)."""
     blt_config = MODEL_PRESETS[model_size].blt_config()
-    config = BltDiffusionConfig.from_blt_config(blt_config, diffusion_block_size=block_size)
+    config = BltDiffusionConfig.from_blt_config(blt_config, **config_overrides)
     return BltDiffusionForCausalLM(config)
 
 
 def initial_model(recipe: TrainingRecipe) -> BltDiffusionForCausalLM:
     """The model that `recipe` starts from: a new one of `recipe.new_model_size`, or the checkpoint `recipe.init_from`,
-    both with diffusion block size `recipe.block_size`. Seed first (`set_seed`) for reproducible new weights."""
+    both with the recipe's config fields (`TrainingRecipe.model_config_overrides`). Seed first (`set_seed`) for
+    reproducible new weights."""
+    overrides = recipe.model_config_overrides()
     if recipe.init_from is None:
-        return build_model(recipe.new_model_size, recipe.block_size)
-    return BltDiffusionForCausalLM.from_pretrained(recipe.init_from, diffusion_block_size=recipe.block_size)
+        return build_model(recipe.new_model_size, **overrides)
+    return BltDiffusionForCausalLM.from_pretrained(recipe.init_from, **overrides)
 
 
 def training_files(recipe: TrainingRecipe) -> tuple[list[Path], list[Path]]:

@@ -131,6 +131,14 @@ class TrainingRecipe:
     block_size: Annotated[int, AtLeast(0)] = field(
         default=8, metadata={"metavar": "B", "help": "diffusion block size; 0 trains a plain BLT"}
     )
+    mid_patch_share: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "P",
+            "help": "share of diffusion training blocks anchored inside a patch instead of at its start, as decoding "
+            "places most blocks (default: the checkpoint's, 0 for a new model)",
+        },
+    )
     data: list[str] | None = field(
         default=None,
         metadata={
@@ -223,8 +231,17 @@ class TrainingRecipe:
                 f"`bytes_per_patch` ({self.bytes_per_patch}) cannot exceed `max_patch_length` "
                 f"({self.max_patch_length})."
             )
+        if self.mid_patch_share is not None and not 0 <= self.mid_patch_share <= 1:
+            raise ValueError(f"`mid_patch_share` must lie in [0, 1], got {self.mid_patch_share}.")
         # Suffixes may be given without their dot (`--suffix txt md`).
         self.suffixes = ["." + suffix.lstrip(".") for suffix in self.suffixes]
+
+    def model_config_overrides(self) -> dict[str, Any]:
+        """The model config fields that the recipe sets, on a new model and on a checkpoint alike."""
+        overrides = {"diffusion_block_size": self.block_size}
+        if self.mid_patch_share is not None:
+            overrides["diffusion_mid_patch_share"] = self.mid_patch_share
+        return overrides
 
     @property
     def new_model_size(self) -> str | None:
