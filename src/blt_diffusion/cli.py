@@ -349,7 +349,7 @@ def check_choice(name: str | None, valid: dict, what: str) -> None:
 
 def options_by_readers() -> dict[tuple[str, ...], list[StrategyOption]]:
     """The decoding strategies' options, grouped by the strategies that read them, in registry order."""
-    groups = {}
+    groups: dict[tuple[str, ...], list[StrategyOption]] = {}
     for option in STRATEGY_OPTIONS:
         readers = tuple(name for name, strategy in DECODING_STRATEGIES.items() if option in strategy.options)
         groups.setdefault(readers, []).append(option)
