@@ -13,15 +13,11 @@ import argparse
 import time
 
 from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer
+from blt_diffusion.cli import COMMAND_LINE_MAX_NEW_TOKENS
+from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
 
-# Each strategy with its knobs spelled out at their default values, as a starting point for trying others.
-STRATEGIES = {
-    "autoregressive": {},
-    "self_speculative": {"draft_length": 8},
-    "diffusion": {"unmasking": "confidence", "confidence_threshold": 0.7},
-    "diffusion_verified": {"unmasking": "one_step"},
-}
-DIFFUSION_STRATEGIES = ("diffusion", "diffusion_verified")
+# Every strategy with the options it reads spelled out at their default values, as a starting point for trying others.
+STRATEGIES = {name: strategy.option_defaults() for name, strategy in DECODING_STRATEGIES.items()}
 COLUMNS = ("decoding", "bytes", "decoder_nfe", "global_nfe", "memory_bandwidth_gb", "acceptance_rate", "bytes/s")
 
 
@@ -33,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint directory, ours or a stock BltForCausalLM's (default: the shipped model)",
     )
     parser.add_argument("--prompt", default="import os\n\n\ndef ", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="bytes to generate")
+    parser.add_argument("--max-new-tokens", type=int, default=COMMAND_LINE_MAX_NEW_TOKENS, help="bytes to generate")
     return parser.parse_args(argv)
 
 
@@ -48,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for decoding, options in STRATEGIES.items():
-        if decoding in DIFFUSION_STRATEGIES and model.config.diffusion_block_size == 0:
+        if not DECODING_STRATEGIES[decoding].runs_on(model.config):
             print(f"--- {decoding}: skipped, the model is not a BLT-D model\n")
             continue
         start = time.perf_counter()

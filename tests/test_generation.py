@@ -1,14 +1,22 @@
 """`generate()`: strategies' shared machinery (processors, stopping, streaming, batching, costs) and bad input."""
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import BOS, EOS, PAD, left_pad, source_text, text_ids
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
-from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionTokenizer
-from blt_diffusion.generation_blt_diffusion import GenerationState, ParameterCounts
+from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionGenerationConfig, BltDiffusionTokenizer
+from blt_diffusion.generation_blt_diffusion import (
+    DECODING_STRATEGIES,
+    STRATEGY_OPTIONS,
+    GenerationState,
+    ParameterCounts,
+)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 class ForceBytes(LogitsProcessor):
@@ -278,3 +286,46 @@ def test_block_commit_stops_right_after_a_stop_string_inside_a_block(tiny_model)
     assert state.commit(torch.tensor([ids_of("Dyyyy")])).tolist() == [1]
     assert state.done
     assert state.output_sequences()[0, 1:].tolist() == ids_of("xEND")
+
+
+# --- The strategy registry -------------------------------------------------------------------------------------------
+
+
+def strategy_table() -> str:
+    """The README's table of decoding strategies, written from the registry."""
+    lines = ["| `decoding=` | paper | how | lossless | runs on |", "|---|---|---|---|---|"]
+    for name, strategy in DECODING_STRATEGIES.items():
+        lossless = "yes" if strategy.lossless else "no"
+        runs_on = "a BLT-D checkpoint" if strategy.needs_diffusion_checkpoint else "any BLT checkpoint"
+        lines.append(f'| `"{name}"` | {strategy.paper_name} | {strategy.summary} | {lossless} | {runs_on} |')
+    return "\n".join(lines) + "\n"
+
+
+def test_the_readme_table_lists_the_registry_strategies():
+    expected = strategy_table()
+    assert expected in README.read_text(encoding="utf-8"), f"README.md's strategy table should read:\n{expected}"
+
+
+def test_every_strategy_option_is_a_generation_config_field_with_the_option_default():
+    config = BltDiffusionGenerationConfig()
+    for option in STRATEGY_OPTIONS:
+        assert getattr(config, option.name) == option.default, option.name
+    assert {option.name for option in STRATEGY_OPTIONS} == {
+        "block_size",
+        "unmasking",
+        "confidence_threshold",
+        "entropy_bound",
+        "draft_length",
+    }
+
+
+def test_strategies_run_only_on_models_they_were_trained_for(tiny_model, diffusion_model):
+    for name, strategy in DECODING_STRATEGIES.items():
+        assert strategy.runs_on(diffusion_model.config), name
+        assert strategy.runs_on(tiny_model.config) == (not strategy.needs_diffusion_checkpoint), name
+    assert DECODING_STRATEGIES["diffusion"].option_defaults() == {
+        "unmasking": "confidence",
+        "confidence_threshold": 0.7,
+        "entropy_bound": 1.0,
+    }
+    assert DECODING_STRATEGIES["self_speculative"].option_defaults() == {"draft_length": 8}

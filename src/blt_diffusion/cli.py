@@ -25,16 +25,21 @@ from transformers.utils import logging as hf_logging
 from . import __version__
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .default_model import DEFAULT_MODEL_DIR, load_default_model
-from .generation_blt_diffusion import DECODING_STRATEGIES, UNMASKING_RULES, BltDiffusionGenerateOutput
+from .generation_blt_diffusion import (
+    DECODING_STRATEGIES,
+    STRATEGY_OPTIONS,
+    UNMASKING_RULES,
+    BltDiffusionGenerateOutput,
+    StrategyOption,
+)
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
 from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRecipe, lower_bounds, training_arguments
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
-DEFAULT_MAX_NEW_TOKENS = 128
-# Strategies that decode diffusion blocks: they need a BLT-D model and take --block-size, --unmasking and its knobs.
-BLOCK_DECODINGS = ("diffusion", "diffusion_verified")
+# `generate`'s byte budget, shorter than a generation config's (`GENERATION_CONFIG_MAX_NEW_TOKENS`): a quick look.
+COMMAND_LINE_MAX_NEW_TOKENS = 128
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding, new when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIX = "model.diffusion_embed_tokens."
 # `train`: the `TrainingRecipe` fields of which at most one may be given, a new model or a checkpoint.
@@ -100,51 +105,21 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         help="checkpoint directory, saved by this package or by transformers' BltForCausalLM (default: the small "
         f"BLT-D model shipped with the package, {DEFAULT_MODEL_DIR.name}, trained on the Python standard library)",
     )
+    needing_blt_d = [name for name, strategy in DECODING_STRATEGIES.items() if strategy.needs_diffusion_checkpoint]
     generate.add_argument(
         "--decoding",
         metavar="NAME",
         help=f"decoding strategy: {', '.join(sorted(DECODING_STRATEGIES))} (default: the model's generation config; "
-        f"{' and '.join(BLOCK_DECODINGS)} need a BLT-D model)",
+        f"{' and '.join(needing_blt_d)} need a BLT-D model)",
     )
     generate.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=DEFAULT_MAX_NEW_TOKENS,
+        default=COMMAND_LINE_MAX_NEW_TOKENS,
         metavar="N",
-        help=f"generate at most N bytes (default: {DEFAULT_MAX_NEW_TOKENS})",
+        help=f"generate at most N bytes (default: {COMMAND_LINE_MAX_NEW_TOKENS})",
     )
-    diffusion = generate.add_argument_group(f"--decoding {' or '.join(BLOCK_DECODINGS)}")
-    diffusion.add_argument(
-        "--block-size",
-        type=positive_int,
-        metavar="B",
-        help="bytes per block, at most the trained block size (default: the trained block size)",
-    )
-    diffusion.add_argument(
-        "--unmasking",
-        metavar="RULE",
-        help=f"which bytes of a block each decoder call commits: {', '.join(sorted(UNMASKING_RULES))} "
-        "(default: the model's generation config)",
-    )
-    diffusion.add_argument(
-        "--confidence-threshold",
-        type=float,
-        metavar="P",
-        help="confidence rule: commit every byte more likely than P, at least one (default: 0.7)",
-    )
-    diffusion.add_argument(
-        "--entropy-bound",
-        type=float,
-        metavar="NATS",
-        help="entropy_bound rule: commit the surest bytes while their summed entropy stays within NATS, at least "
-        "one (default: 1.0)",
-    )
-    generate.add_argument(
-        "--draft-length",
-        type=positive_int,
-        metavar="K",
-        help="--decoding self_speculative: bytes drafted per round (default: 8)",
-    )
+    add_strategy_options(generate)
     generate.add_argument(
         "--do-sample",
         action="store_true",
@@ -307,7 +282,7 @@ def run_generate(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     model = load_default_model() if args.model is None else load_checkpoint(args.model).model
     decoding = args.decoding or model.generation_config.decoding
-    check_diffusion(args, decoding, model)
+    check_decoding(args, decoding, model)
     tokenizer = BltDiffusionTokenizer()
     if args.seed is not None:
         set_seed(args.seed)
@@ -334,33 +309,44 @@ def check_choice(name: str | None, valid: dict, what: str) -> None:
         raise CliError(f"unknown {what} {name!r}; valid: {', '.join(sorted(valid))}")
 
 
-def check_diffusion(args: argparse.Namespace, decoding: str, model: BltDiffusionForCausalLM) -> None:
-    """Reject options of another decoding strategy, which `generate` would silently ignore, and diffusion decoding
-    that the model cannot do, with one line naming the option."""
-    if args.draft_length is not None and decoding != "self_speculative":
-        raise CliError(f"only --decoding self_speculative uses --draft-length (decoding here: {decoding})")
-    given = [
-        option
-        for option, value in (
-            ("--block-size", args.block_size),
-            ("--unmasking", args.unmasking),
-            ("--confidence-threshold", args.confidence_threshold),
-            ("--entropy-bound", args.entropy_bound),
-        )
-        if value is not None
-    ]
-    if decoding not in BLOCK_DECODINGS:
-        if given:
-            raise CliError(
-                f"only --decoding {' or '.join(BLOCK_DECODINGS)} uses {', '.join(given)} (decoding here: {decoding})"
+def options_by_readers() -> dict[tuple[str, ...], list[StrategyOption]]:
+    """The decoding strategies' options, grouped by the strategies that read them, in registry order."""
+    groups: dict[tuple[str, ...], list[StrategyOption]] = {}
+    for option in STRATEGY_OPTIONS:
+        readers = tuple(name for name, strategy in DECODING_STRATEGIES.items() if option in strategy.options)
+        groups.setdefault(readers, []).append(option)
+    return groups
+
+
+def add_strategy_options(generate: argparse.ArgumentParser) -> None:
+    """The decoding strategies' option flags, one group per set of strategies that read them."""
+    for readers, options in options_by_readers().items():
+        group = generate.add_argument_group(f"--decoding {' or '.join(readers)}")
+        for option in options:
+            group.add_argument(
+                option.flag,
+                # Integer options count bytes.
+                type=positive_int if option.type is int else option.type,
+                metavar=option.metavar,
+                help=f"{option.help} (default: {option.described_default})",
             )
-        return
-    trained_block_size = model.config.diffusion_block_size
-    if trained_block_size == 0:
+
+
+def check_decoding(args: argparse.Namespace, decoding: str, model: BltDiffusionForCausalLM) -> None:
+    """Reject options of another decoding strategy, which `generate` would silently ignore, and a strategy that the
+    model cannot run, with one line naming the option."""
+    for readers, options in options_by_readers().items():
+        given = [option.flag for option in options if getattr(args, option.name) is not None]
+        if given and decoding not in readers:
+            raise CliError(
+                f"only --decoding {' or '.join(readers)} uses {', '.join(given)} (decoding here: {decoding})"
+            )
+    if not DECODING_STRATEGIES[decoding].runs_on(model.config):
         raise CliError(
             f"this model was not trained for --decoding {decoding} (its diffusion_block_size is 0): use --decoding "
             f"autoregressive, or fine-tune it into a BLT-D model with `{PROG} train --init-from`"
         )
+    trained_block_size = model.config.diffusion_block_size
     if args.block_size is not None and args.block_size > trained_block_size:
         raise CliError(f"--block-size {args.block_size} exceeds the model's trained block size {trained_block_size}")
 
@@ -427,13 +413,8 @@ def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
     """`generate()` arguments from the command line; options left out keep the model's generation config."""
-    options = {
+    options = {option.name: getattr(args, option.name) for option in STRATEGY_OPTIONS} | {
         "decoding": args.decoding,
-        "block_size": args.block_size,
-        "unmasking": args.unmasking,
-        "confidence_threshold": args.confidence_threshold,
-        "entropy_bound": args.entropy_bound,
-        "draft_length": args.draft_length,
         "do_sample": args.do_sample,
         "temperature": args.temperature,
         "top_k": args.top_k,

@@ -2,10 +2,13 @@
 
 The mixin owns everything strategies share: argument resolution and validation, the generation config, logits
 processors and stopping criteria, streaming, batching with left padding, per-row finishing and cost accounting.
-A strategy only decides which bytes come next (`DecodingStrategy`).
+A strategy only decides which bytes come next (`DecodingStrategy`), and describes itself: what it needs, and the
+generation-config options it reads (`StrategyOption`). The command line, the examples and the README's strategy
+table are derived from `DECODING_STRATEGIES`.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,21 +17,159 @@ from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-DEFAULT_MAX_NEW_TOKENS = 256
+# The byte budget of the generation config a model gets from its model config.
+GENERATION_CONFIG_MAX_NEW_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class StrategyOption:
+    """A field of `BltDiffusionGenerationConfig` that decoding strategies read, described once for every place that
+    offers it: the config's default, and the command line's flag (`--` + the name with dashes), metavar and help.
+
+    `type` is `int` for counts of bytes (at least 1), `float` or `str`. `default_help` says what a default of None
+    stands for.
+    """
+
+    name: str
+    type: type
+    default: int | float | str | None
+    metavar: str
+    help: str
+    default_help: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def described_default(self) -> str:
+        return self.default_help if self.default is None else str(self.default)
+
+
+BLOCK_SIZE = StrategyOption(
+    "block_size",
+    int,
+    None,
+    "B",
+    "bytes per block, at most the trained block size",
+    default_help="the trained block size",
+)
+CONFIDENCE_THRESHOLD = StrategyOption(
+    "confidence_threshold", float, 0.7, "P", "confidence rule: commit every byte more likely than P, at least one"
+)
+ENTROPY_BOUND = StrategyOption(
+    "entropy_bound",
+    float,
+    1.0,
+    "NATS",
+    "entropy_bound rule: commit the surest bytes while their summed entropy stays within NATS, at least one",
+)
+DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
+
+
+class UnmaskingRule:
+    """Which masked cells of a diffusion block one denoising step commits.
+
+    A rule ranks every cell by the model's distribution over its byte (`rank`), then picks cells to unmask from the
+    ranking (`select`). `knob` is the generation-config option the rule reads, passed to its constructor by
+    `from_config`; None when it reads none.
+    """
+
+    name: ClassVar[str]
+    knob: ClassVar[StrategyOption | None] = None
+
+    @classmethod
+    def from_config(cls, generation_config: "BltDiffusionGenerationConfig") -> "UnmaskingRule":
+        return cls() if cls.knob is None else cls(getattr(generation_config, cls.knob.name))
+
+    def rank(self, logits: torch.Tensor) -> torch.Tensor:
+        """Confidence of every cell, its largest probability: logits (batch, block, vocab) -> (batch, block)."""
+        return logits.softmax(dim=-1).max(dim=-1).values
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        """Cells to unmask (batch, block) boolean, among the `masked` ones (batch, block), given `rank`'s output."""
+        raise NotImplementedError
+
+
+class ConfidenceUnmasking(UnmaskingRule):
+    """Mask-Predict / Fast-dLLM style: every masked cell whose confidence exceeds the threshold, or the single most
+    confident masked cell of a row where none does."""
+
+    name = "confidence"
+    knob = CONFIDENCE_THRESHOLD
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        confidence = ranking.masked_fill(~masked, -1.0)
+        selected = masked & (confidence > self.threshold)
+        best = torch.zeros_like(masked).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
+        return torch.where(selected.any(dim=1, keepdim=True), selected, best & masked)
+
+
+class EntropyBoundUnmasking(UnmaskingRule):
+    """The lowest-entropy masked cells while their cumulative entropy stays within the bound (nats), and at least the
+    lowest one. This is the paper's wording (plain cumulative sum); the EB-sampler paper subtracts the largest
+    entropy, which admits one more cell."""
+
+    name = "entropy_bound"
+    knob = ENTROPY_BOUND
+
+    def __init__(self, bound: float):
+        self.bound = bound
+
+    def rank(self, logits: torch.Tensor) -> torch.Tensor:
+        """Entropy (nats) of every cell's distribution: logits (batch, block, vocab) -> (batch, block)."""
+        return -(logits.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1)
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        entropy = ranking.masked_fill(~masked, float("inf"))
+        order = entropy.argsort(dim=1)
+        sorted_entropy = entropy.gather(1, order)
+        within = sorted_entropy.cumsum(dim=1) <= self.bound
+        within[:, 0] = True
+        selected_sorted = within & sorted_entropy.isfinite()
+        return torch.zeros_like(masked).scatter(1, order, selected_sorted) & masked
+
+
+class OneStepUnmasking(UnmaskingRule):
+    """Every masked cell at once: one decoder call per block."""
+
+    name = "one_step"
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        return masked
+
+
+UNMASKING_RULES: dict[str, type[UnmaskingRule]] = {
+    rule.name: rule for rule in (ConfidenceUnmasking, EntropyBoundUnmasking, OneStepUnmasking)
+}
+
+UNMASKING = StrategyOption(
+    "unmasking",
+    str,
+    None,
+    "RULE",
+    f"which bytes of a block each decoder call commits: {', '.join(sorted(UNMASKING_RULES))}",
+    default_help="the model's generation config",
+)
+# What block-diffusion strategies read: the block, the unmasking rule and every rule's knob.
+BLOCK_DIFFUSION_OPTIONS = (BLOCK_SIZE, UNMASKING, *(rule.knob for rule in UNMASKING_RULES.values() if rule.knob))
 
 
 class BltDiffusionGenerationConfig(GenerationConfig):
     r"""
     Generation configuration of BLT models: every field of transformers' `GenerationConfig` plus the decoding
-    strategy and its knobs.
+    strategy and its options (`StrategyOption`, which hold the defaults).
 
     decoding (`str`, *optional*, defaults to `"autoregressive"`):
         Which strategy produces bytes. See `DECODING_STRATEGIES` for what this version provides.
     block_size (`int`, *optional*):
         Bytes per diffusion block; defaults to the model's `diffusion_block_size`.
     unmasking (`str`, *optional*):
-        Diffusion unmasking rule: `"confidence"` (the default for `"diffusion"`), `"entropy_bound"` or `"one_step"`
-        (the default for `"diffusion_verified"`).
+        Diffusion unmasking rule (`UNMASKING_RULES`): `"confidence"` (the default for `"diffusion"`),
+        `"entropy_bound"` or `"one_step"` (the default for `"diffusion_verified"`).
     confidence_threshold (`float`, *optional*, defaults to 0.7):
         Confidence above which the `"confidence"` rule commits a masked byte.
     entropy_bound (`float`, *optional*, defaults to 1.0):
@@ -40,11 +181,11 @@ class BltDiffusionGenerationConfig(GenerationConfig):
     def __init__(
         self,
         decoding: str = "autoregressive",
-        block_size: int | None = None,
-        unmasking: str | None = None,
-        confidence_threshold: float = 0.7,
-        entropy_bound: float = 1.0,
-        draft_length: int = 8,
+        block_size: int | None = BLOCK_SIZE.default,
+        unmasking: str | None = UNMASKING.default,
+        confidence_threshold: float = CONFIDENCE_THRESHOLD.default,
+        entropy_bound: float = ENTROPY_BOUND.default,
+        draft_length: int = DRAFT_LENGTH.default,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -63,17 +204,17 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             raise ValueError(
                 f"Unknown decoding strategy {decoding!r}; this version provides {sorted(DECODING_STRATEGIES)}."
             )
-        unmasking = getattr(self, "unmasking", None)
+        unmasking = getattr(self, "unmasking", UNMASKING.default)
         if unmasking is not None and unmasking not in UNMASKING_RULES:
             raise ValueError(f"Unknown unmasking rule {unmasking!r}; choose one of {sorted(UNMASKING_RULES)}.")
-        block_size = getattr(self, "block_size", None)
+        block_size = getattr(self, "block_size", BLOCK_SIZE.default)
         if block_size is not None and block_size < 1:
             raise ValueError(f"`block_size` must be a positive number of bytes, got {block_size}.")
-        if not 0.0 <= getattr(self, "confidence_threshold", 0.7) <= 1.0:
+        if not 0.0 <= getattr(self, "confidence_threshold", CONFIDENCE_THRESHOLD.default) <= 1.0:
             raise ValueError(f"`confidence_threshold` must lie in [0, 1], got {self.confidence_threshold}.")
-        if getattr(self, "entropy_bound", 1.0) < 0:
+        if getattr(self, "entropy_bound", ENTROPY_BOUND.default) < 0:
             raise ValueError(f"`entropy_bound` must be >= 0 nats, got {self.entropy_bound}.")
-        if getattr(self, "draft_length", 8) < 1:
+        if getattr(self, "draft_length", DRAFT_LENGTH.default) < 1:
             raise ValueError(f"`draft_length` must be a positive number of bytes, got {self.draft_length}.")
         if self.num_beams not in (None, 1):
             raise ValueError(f"Beam search is not supported by BLT decoding strategies (num_beams={self.num_beams}).")
@@ -85,7 +226,7 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             bos_token_id=model_config.bos_token_id,
             eos_token_id=model_config.eos_token_id,
             pad_token_id=model_config.pad_token_id,
-            max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+            max_new_tokens=GENERATION_CONFIG_MAX_NEW_TOKENS,
             do_sample=False,
         )
 
@@ -187,7 +328,6 @@ class GenerationState:
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = generation_config.pad_token_id
-        self.eos_token_ids = generation_config._eos_token_tensor
         self.stopping_criteria = stopping_criteria
         self.streamer = streamer
         self.sequences = torch.full(
@@ -311,20 +451,78 @@ class GenerationState:
         return torch.stack([self.process(logits_processor, logits[:, i], appended[:, :i]) for i in positions], dim=1)
 
 
-class DecodingStrategy:
-    """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`.
+def drawing_distribution(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """The distribution a byte is drawn from, given processed scores (..., vocab): their softmax when sampling,
+    one-hot on the argmax when greedy."""
+    if do_sample:
+        return scores.softmax(dim=-1)
+    return F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
 
-    The mixin calls `start` once, then alternates `next_tokens` (choose bytes for every row), `GenerationState.commit`
-    and `feed` (tell the model about the committed bytes) until every row has finished.
+
+def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """One byte per row of `distributions` (rows, vocab)."""
+    if do_sample:
+        return torch.multinomial(distributions, num_samples=1)[:, 0]
+    return distributions.argmax(dim=-1)
+
+
+def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
+    return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
+
+
+class DecodingStrategy:
+    """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`, and describe
+    themselves in class attributes, which the command line, the examples and the README's table read:
+
+    - `name`: the value of `decoding`; `paper_name`: what the paper calls it; `summary`: one line on how it works.
+    - `needs_diffusion_checkpoint`: whether it needs a model trained with the block-diffusion objective (BLT-D) or
+      runs on any BLT.
+    - `lossless`: whether its output is distributed exactly as autoregressive decoding's (byte for byte greedy).
+    - `options`: the generation-config options it reads, with their defaults.
+
+    The mixin calls `check_model` and `start` once, then alternates `next_tokens` (choose bytes for every row),
+    `GenerationState.commit` and `feed` (tell the model about the committed bytes) until every row has finished.
+    Strategies reach the model only through its decoding interface (`new_cache`, `append_bytes`, `open_block`,
+    `block_logits`, `draft_logits`).
     """
 
-    name: str = ""
+    name: ClassVar[str]
+    paper_name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_diffusion_checkpoint: ClassVar[bool] = False
+    lossless: ClassVar[bool] = False
+    options: ClassVar[tuple[StrategyOption, ...]] = ()
+    # The rule of strategies that read `unmasking`, when the generation config names none.
+    default_unmasking: ClassVar[str | None] = None
 
     def __init__(self, model, generation_config: BltDiffusionGenerationConfig, logits_processor: LogitsProcessorList):
         self.model = model
         self.generation_config = generation_config
         self.logits_processor = logits_processor
         self.cache = None
+
+    @classmethod
+    def runs_on(cls, model_config) -> bool:
+        """Whether a model of `model_config` can decode with this strategy."""
+        return not cls.needs_diffusion_checkpoint or model_config.diffusion_block_size > 0
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, int | float | str]:
+        """The options this strategy reads, at the values it uses while the generation config keeps its defaults;
+        those that depend on the model (the trained block size) are left out."""
+        defaults = {option.name: option.default for option in cls.options}
+        if UNMASKING.name in defaults:
+            defaults[UNMASKING.name] = cls.default_unmasking
+        return {name: value for name, value in defaults.items() if value is not None}
+
+    def check_model(self) -> None:
+        """Refuse a model this strategy cannot run on."""
+        if not self.runs_on(self.model.config):
+            raise ValueError(
+                f"decoding={self.name!r} needs a model trained with the block-diffusion objective "
+                "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
+            )
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         raise NotImplementedError
@@ -361,6 +559,10 @@ class AutoregressiveDecoding(DecodingStrategy):
     process only the new byte, and the global transformer runs only when that byte closes a patch."""
 
     name = "autoregressive"
+    paper_name = "BLT"
+    summary = "one byte per decoder call; the global transformer runs only when a byte closes a patch"
+    # The reference that lossless strategies reproduce.
+    lossless = True
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.cache = self.model.new_cache(
@@ -379,90 +581,29 @@ class AutoregressiveDecoding(DecodingStrategy):
         state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
 
 
-def select_confident(masked: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Confidence unmasking (Mask-Predict / Fast-dLLM style): every masked cell whose confidence exceeds
-    `threshold`, or the single most confident masked cell of a row where none does.
-
-    `masked`, `confidence` (batch, block) -> cells to unmask (batch, block) boolean.
-    """
-    confidence = confidence.masked_fill(~masked, -1.0)
-    selected = masked & (confidence > threshold)
-    best = torch.zeros_like(masked).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
-    return torch.where(selected.any(dim=1, keepdim=True), selected, best & masked)
-
-
-def select_entropy_bounded(masked: torch.Tensor, entropy: torch.Tensor, bound: float) -> torch.Tensor:
-    """Entropy-bounded unmasking: the lowest-entropy masked cells while their cumulative entropy stays within
-    `bound` (nats), and at least the lowest one. This is the paper's wording (plain cumulative sum); the EB-sampler
-    paper subtracts the largest entropy, which admits one more cell.
-
-    `masked`, `entropy` (batch, block) -> cells to unmask (batch, block) boolean.
-    """
-    entropy = entropy.masked_fill(~masked, float("inf"))
-    order = entropy.argsort(dim=1)
-    sorted_entropy = entropy.gather(1, order)
-    within = sorted_entropy.cumsum(dim=1) <= bound
-    within[:, 0] = True
-    selected_sorted = within & sorted_entropy.isfinite()
-    return torch.zeros_like(masked).scatter(1, order, selected_sorted) & masked
-
-
-def select_all(masked: torch.Tensor, scores: torch.Tensor, unused: float) -> torch.Tensor:
-    """One-step unmasking: every masked cell at once."""
-    return masked
-
-
-UNMASKING_RULES = {
-    "confidence": (select_confident, "confidence_threshold"),
-    "entropy_bound": (select_entropy_bounded, "entropy_bound"),
-    "one_step": (select_all, None),
-}
-
-
-def drawing_distribution(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
-    """The distribution a byte is drawn from, given processed scores (..., vocab): their softmax when sampling,
-    one-hot on the argmax when greedy."""
-    if do_sample:
-        return scores.softmax(dim=-1)
-    return F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
-
-
-def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
-    """One byte per row of `distributions` (rows, vocab)."""
-    if do_sample:
-        return torch.multinomial(distributions, num_samples=1)[:, 0]
-    return distributions.argmax(dim=-1)
-
-
 class BlockDenoiser:
     """Fills a block of masked cells after the cache's bytes by iterative unmasking (Algorithm 1's inner loop).
 
     Every decoder call predicts all cells at once (bidirectional attention within the block, every cell reading the
     newest latent); the unmasking rule fixes some of them, and the block is done when none is masked. Which cells to
-    unmask is decided on the model's own distribution (confidence = its largest probability, entropy of its full
-    distribution); the byte written into a cell is the argmax, or a sample with `do_sample`, of the distribution
-    after the logits processors (temperature, top-k, top-p, repetition penalty).
+    unmask is decided on the model's own distribution (`UnmaskingRule.rank`); the byte written into a cell is the
+    argmax, or a sample with `do_sample`, of the distribution after the logits processors (temperature, top-k, top-p,
+    repetition penalty).
     """
 
-    def __init__(self, strategy: DecodingStrategy, default_unmasking: str):
+    def __init__(self, strategy: DecodingStrategy):
         self.strategy = strategy
         self.model = strategy.model
         self.generation_config = strategy.generation_config
         trained_block_size = self.model.config.diffusion_block_size
-        if trained_block_size <= 0:
-            raise ValueError(
-                f"decoding={strategy.name!r} needs a model trained with the block-diffusion objective "
-                "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
-            )
         self.block_size = self.generation_config.block_size or trained_block_size
         if not 1 <= self.block_size <= trained_block_size:
             raise ValueError(
                 f"`block_size` must be between 1 and the trained block size {trained_block_size}, got "
                 f"{self.block_size}."
             )
-        self.unmasking = self.generation_config.unmasking or default_unmasking
-        self.select, knob = UNMASKING_RULES[self.unmasking]
-        self.knob = getattr(self.generation_config, knob) if knob is not None else 0.0
+        unmasking = self.generation_config.unmasking or strategy.default_unmasking
+        self.rule = UNMASKING_RULES[unmasking].from_config(self.generation_config)
         self.mask_id = self.model.config.diffusion_mask_id
 
     def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -481,12 +622,7 @@ class BlockDenoiser:
             state.count_calls(decoder=masked.any(dim=1).long())
             tokens, scores = self.strategy.choose(state, logits)
             drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
-            probabilities = logits.softmax(dim=-1)
-            if self.unmasking == "entropy_bound":
-                ranking = -(probabilities * logits.log_softmax(dim=-1)).sum(dim=-1)
-            else:
-                ranking = probabilities.max(dim=-1).values
-            unmask = self.select(masked, ranking, self.knob)
+            unmask = self.rule.select(masked, self.rule.rank(logits))
             cells = torch.where(unmask, tokens, cells)
             distributions = (
                 drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
@@ -507,9 +643,14 @@ class DiffusionDecoding(DecodingStrategy):
     """
 
     name = "diffusion"
+    paper_name = "BLT-D"
+    summary = "block diffusion: several bytes per decoder call, one encoder+global call per block"
+    needs_diffusion_checkpoint = True
+    options = BLOCK_DIFFUSION_OPTIONS
+    default_unmasking = ConfidenceUnmasking.name
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self.denoiser = BlockDenoiser(self, default_unmasking="confidence")
+        self.denoiser = BlockDenoiser(self)
         self.cache = self.model.new_cache(
             input_ids.shape[0],
             input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
@@ -528,31 +669,19 @@ class DiffusionDecoding(DecodingStrategy):
         state.count_calls(global_=1, patcher=1)
 
 
-def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
-    """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
-    return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
+class SpeculativeDecoding(DecodingStrategy):
+    """Lossless speculative decoding: a draft step proposes bytes, one causal pass of the whole model verifies them,
+    drafted bytes stand up to the first rejection, and a correction drawn from the model follows.
 
-
-class SelfSpeculativeDecoding(DecodingStrategy):
-    """BLT-S (the paper's Algorithm 2): the local decoder drafts `draft_length` bytes past patch boundaries on the
-    last closed latent, and one causal pass of the whole model verifies them.
-
-    A round: (1) the encoder and decoder alone draft `draft_length` bytes after the byte committed last (the
-    previous round's correction, not yet in the caches), every one reading the last closed latent, as bytes of an
-    open patch do; (2) the drafts are rolled back, and the correction and the drafts are appended with one full
-    forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the model's own
-    choice after each; (3) drafted bytes are kept up to the first disagreement, then the model's own byte is the
-    next correction (a free byte when all agree), and the caches are cropped to the kept bytes. The first round
-    drafts from the prompt's exact next-byte prediction instead. Greedy output is identical to autoregressive
-    decoding.
-
-    Cost fields count real calls. The paper's accounting is two encoder+global calls and `draft_length + 1` decoder
-    calls per round: it appends the correction with a forward of its own, and verifies after. Verifying the
-    correction together with the next draft gives the same outputs with one encoder+global call per round, and
-    still `draft_length + 1` decoder calls. The global transformer really runs only on patches that close.
+    A round: `draft` proposes up to `max_draft_length()` bytes and leaves the caches as found; `verify` appends them
+    with one full forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the
+    model's own distribution after each, and applies the speculative acceptance rule; `feed` crops the caches to the
+    kept bytes and hands the correction to `take_correction`. Greedy output is identical to autoregressive decoding,
+    and sampled output is distributed as autoregressive sampling. Subclasses implement `draft`, `max_draft_length`
+    and `take_correction`.
     """
 
-    name = "self_speculative"
+    lossless = True
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         batch_size = input_ids.shape[0]
@@ -566,39 +695,22 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         self.accepted = torch.zeros_like(self.drafted)
 
     def max_draft_length(self) -> int:
-        return self.generation_config.draft_length
+        """The most bytes a round drafts."""
+        raise NotImplementedError
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft bytes (batch, draft_length) after the committed ones (the held-back `correction` included), and the
+        distributions they were drawn from (batch, draft_length, vocab); the caches are left as found."""
+        raise NotImplementedError
+
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Bring the model up to date with the round's last committed byte (batch,): append it now, or hold it back
+        in `self.correction` for the next verification to append."""
+        raise NotImplementedError
 
     def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
         return self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
-
-    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft bytes (batch, draft_length) with the encoder and decoder alone, and the distributions they were
-        drawn from (batch, draft_length, vocab); the caches are left as found."""
-        do_sample = self.generation_config.do_sample
-        lengths = self.cache.lengths()
-        drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
-        distributions = []
-        last = None if self.correction is None else self.correction[:, None]
-        for _ in range(draft_length):
-            if last is None:
-                logits = self.next_logits
-            else:
-                logits = self.model.draft_logits(self.cache, last)
-            scores = state.process(self.logits_processor, logits, drafted)
-            if do_sample:
-                distributions.append(scores.softmax(dim=-1))
-                token = draw(distributions[-1], do_sample=True)
-            else:
-                token = scores.argmax(dim=-1)
-            drafted = torch.cat([drafted, token[:, None]], dim=1)
-            last = drafted[:, -1:]
-        self.cache.crop(lengths)
-        state.count_calls(decoder=draft_length - int(self.correction is None))
-        if do_sample:
-            return drafted, torch.stack(distributions, dim=1)
-        # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
-        return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
 
     def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
         remaining = state.max_new_tokens - state.num_generated
@@ -654,16 +766,75 @@ class SelfSpeculativeDecoding(DecodingStrategy):
         return tokens, accepted + 1
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
-        """Keep the accepted drafts in the caches; the next round's verification appends the correction."""
+        """Keep the accepted drafts in the caches, then take in the correction."""
         self.cache.crop(self.kept_lengths)
-        self.correction = last_taken(tokens, taken)
+        self.take_correction(state, last_taken(tokens, taken))
 
     def acceptance_rate(self) -> torch.Tensor:
         """Per row, the share of drafted bytes that verification kept, (batch,)."""
         return self.accepted.double() / self.drafted.clamp(min=1)
 
 
-class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
+class SelfSpeculativeDecoding(SpeculativeDecoding):
+    """BLT-S (the paper's Algorithm 2): the local decoder drafts `draft_length` bytes past patch boundaries on the
+    last closed latent, and one causal pass of the whole model verifies them.
+
+    A round: (1) the encoder and decoder alone draft `draft_length` bytes after the byte committed last (the
+    previous round's correction, not yet in the caches), every one reading the last closed latent, as bytes of an
+    open patch do; (2) the drafts are rolled back, and the correction and the drafts are appended with one full
+    forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the model's own
+    choice after each; (3) drafted bytes are kept up to the first disagreement, then the model's own byte is the
+    next correction (a free byte when all agree), and the caches are cropped to the kept bytes. The first round
+    drafts from the prompt's exact next-byte prediction instead. Greedy output is identical to autoregressive
+    decoding.
+
+    Cost fields count real calls. The paper's accounting is two encoder+global calls and `draft_length + 1` decoder
+    calls per round: it appends the correction with a forward of its own, and verifies after. Verifying the
+    correction together with the next draft gives the same outputs with one encoder+global call per round, and
+    still `draft_length + 1` decoder calls. The global transformer really runs only on patches that close.
+    """
+
+    name = "self_speculative"
+    paper_name = "BLT-S"
+    summary = "the local encoder and decoder draft bytes past patch boundaries; the whole model verifies them at once"
+    options = (DRAFT_LENGTH,)
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.draft_length
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft with the encoder and decoder alone, each byte after the previous one."""
+        do_sample = self.generation_config.do_sample
+        lengths = self.cache.lengths()
+        drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
+        distributions = []
+        last = None if self.correction is None else self.correction[:, None]
+        for _ in range(draft_length):
+            if last is None:
+                logits = self.next_logits
+            else:
+                logits = self.model.draft_logits(self.cache, last)
+            scores = state.process(self.logits_processor, logits, drafted)
+            if do_sample:
+                distributions.append(scores.softmax(dim=-1))
+                token = draw(distributions[-1], do_sample=True)
+            else:
+                token = scores.argmax(dim=-1)
+            drafted = torch.cat([drafted, token[:, None]], dim=1)
+            last = drafted[:, -1:]
+        self.cache.crop(lengths)
+        state.count_calls(decoder=draft_length - int(self.correction is None))
+        if do_sample:
+            return drafted, torch.stack(distributions, dim=1)
+        # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
+        return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
+
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Hold the correction back: the next verification appends it together with the next draft."""
+        self.correction = correction
+
+
+class DiffusionVerifiedDecoding(SpeculativeDecoding):
     """BLT-DV: a BLT-D block drafted by diffusion (`unmasking="one_step"` by default), verified as in BLT-S. Greedy
     output is identical to autoregressive decoding of the same model.
 
@@ -673,14 +844,20 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
     """
 
     name = "diffusion_verified"
+    paper_name = "BLT-DV"
+    summary = "BLT-D drafts a block, verified as in BLT-S; samples only with one-step drafts"
+    needs_diffusion_checkpoint = True
+    options = BLOCK_DIFFUSION_OPTIONS
+    default_unmasking = OneStepUnmasking.name
 
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self.denoiser = BlockDenoiser(self, default_unmasking="one_step")
-        if self.generation_config.do_sample and self.denoiser.unmasking != "one_step":
+        self.denoiser = BlockDenoiser(self)
+        unmasking = self.denoiser.rule.name
+        if self.generation_config.do_sample and unmasking != OneStepUnmasking.name:
             # Speculative sampling needs each drafted byte's distribution given the bytes before it; a block
             # unmasked over several steps conditions bytes on later ones, so only one-step drafts qualify.
             raise ValueError(
-                f"Sampling with decoding={self.name!r} needs unmasking='one_step', got {self.denoiser.unmasking!r}."
+                f"Sampling with decoding={self.name!r} needs unmasking={OneStepUnmasking.name!r}, got {unmasking!r}."
             )
         super().start(state, input_ids, attention_mask)
 
@@ -692,22 +869,28 @@ class DiffusionVerifiedDecoding(SelfSpeculativeDecoding):
         return self.model.append_bytes(self.cache, input_ids, attention_mask, open_block=True, last_only=True)
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft a block by diffusion after the committed bytes."""
         lengths = self.cache.lengths()
         drafted = self.denoiser.denoise(state, self.cache, draft_length)
         self.cache.crop(lengths)
         return drafted
 
-    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
-        """Keep the accepted drafts and append the correction now: the next block is denoised after it."""
-        self.cache.crop(self.kept_lengths)
-        self.next_logits = self.append(last_taken(tokens, taken)[:, None])
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Append the correction now: the next block is denoised after it."""
+        self.next_logits = self.append(correction[:, None])
         state.count_calls(decoder=1, global_=1, patcher=1)
 
 
+# Autoregressive first, then by what each builds on: the order of the command line's option groups and the examples.
 DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
     strategy.name: strategy
-    for strategy in (AutoregressiveDecoding, DiffusionDecoding, SelfSpeculativeDecoding, DiffusionVerifiedDecoding)
+    for strategy in (AutoregressiveDecoding, SelfSpeculativeDecoding, DiffusionDecoding, DiffusionVerifiedDecoding)
 }
+# Every option some strategy reads, once each, in registry order.
+STRATEGY_OPTIONS: tuple[StrategyOption, ...] = tuple(
+    dict.fromkeys(option for strategy in DECODING_STRATEGIES.values() for option in strategy.options)
+)
+
 
 # Keyword arguments `generate` accepts besides generation-config fields; anything else is a typo worth reporting.
 _ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
@@ -798,6 +981,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         strategy = DECODING_STRATEGIES[generation_config.decoding](self, generation_config, processors)
         if not state.done:
             # The strategy checks that it can run on this model before the streamer sees anything.
+            strategy.check_model()
             strategy.start(state, input_ids, attention_mask)
         if streamer is not None:
             streamer.put(input_ids.cpu())
