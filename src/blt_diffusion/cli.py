@@ -25,14 +25,9 @@ from transformers.utils import logging as hf_logging
 from . import __version__
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .default_model import DEFAULT_MODEL_DIR, load_default_model
-from .generation_blt_diffusion import (
-    DECODING_STRATEGIES,
-    STRATEGY_OPTIONS,
-    UNMASKING_RULES,
-    BltDiffusionGenerateOutput,
-    StrategyOption,
-)
+from .generation_blt_diffusion import BltDiffusionGenerateOutput
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
+from .strategies_blt_diffusion import DECODING_STRATEGIES, STRATEGY_OPTIONS, UNMASKING_RULES, StrategyOption
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
 from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRecipe, lower_bounds, training_arguments
 
