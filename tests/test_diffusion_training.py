@@ -287,9 +287,12 @@ def test_stock_directory_becomes_a_blt_d_model_that_still_decodes_like_stock(sto
         )
 
 
-def test_both_loss_terms_backpropagate_through_the_whole_model(stock_dir):
+@pytest.mark.parametrize("mid_patch_share", [0.0, 0.5], ids=["patch starts", "inside patches too"])
+def test_both_loss_terms_backpropagate_through_the_whole_model(stock_dir, mid_patch_share):
     directory, _ = stock_dir
-    model = BltDiffusionForCausalLM.from_pretrained(directory, diffusion_block_size=8).train()
+    model = BltDiffusionForCausalLM.from_pretrained(
+        directory, diffusion_block_size=8, diffusion_mid_patch_share=mid_patch_share
+    ).train()
     input_ids = text_ids(source_text(240, 1200))
     torch.manual_seed(0)
     output = model(input_ids, labels=input_ids)

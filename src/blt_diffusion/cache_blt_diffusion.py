@@ -7,6 +7,7 @@ alone mutates its state: the model reads its fields and hands new results to its
 values through `KeyValueBuffer.update`.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,19 @@ class KeyValueBuffer:
                 grown = old.new_zeros(old.shape[:2] + (new_capacity,) + old.shape[3:])
                 grown[:, :, : old.shape[2]] = old
                 buffers[layer_idx] = grown
+
+    def extended(self, capacity: int) -> "KeyValueBuffer":
+        """A copy with room for `capacity` slots, whose writes leave this buffer's tensors as they are: in training,
+        autograd still needs the keys that earlier attention read from them."""
+        extended = copy.copy(self)
+        extended.keys = [self._padded(tensor, capacity) for tensor in self.keys]
+        extended.values = [self._padded(tensor, capacity) for tensor in self.values]
+        return extended
+
+    @staticmethod
+    def _padded(tensor: torch.Tensor, capacity: int) -> torch.Tensor:
+        extra = max(capacity - tensor.shape[2], 0)
+        return torch.cat([tensor, tensor.new_zeros(tensor.shape[:2] + (extra,) + tensor.shape[3:])], dim=2)
 
     def start_rows(self, starts: torch.Tensor) -> None:
         """Empty every row, its first real slot at `starts` (batch,): the slots before are left padding."""

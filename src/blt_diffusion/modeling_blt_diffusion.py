@@ -886,13 +886,12 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
         mid_blocks = true_positions(mid_patch, fill=-1)
         positions = closed_before.gather(1, mid_blocks.clamp(min=0)).masked_fill(mid_blocks < 0, 0)
         num_closed = encoded.latent_keys_values[0][0].shape[1]
-        encoded.patch_keys.reserve(num_closed + num_provisional)
         context = build_query_attention_context(
             torch.zeros_like(positions[:, 0]),
             positions,
             visible_until=positions,
             sliding_window=None,
-            buffer=encoded.patch_keys,
+            buffer=encoded.patch_keys.extended(num_closed + num_provisional),
             write_slots=num_closed + torch.arange(num_provisional, device=positions.device).expand_as(positions),
         )
         return self.local_decoder.latent_keys_values(self.global_transformer(patch_embeddings, context))
