@@ -51,7 +51,7 @@ def test_it_is_trained_on_python_source(default_model):
 def test_every_decoding_strategy_generates(default_model, decoding):
     tokenizer = BltDiffusionTokenizer()
     batch, mask = left_pad([text_ids(prompt) for prompt in PROMPTS])
-    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_BYTES, min_new_tokens=NEW_BYTES)
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_BYTES, min_new_tokens=NEW_BYTES, do_sample=False)
     output = default_model.generate(batch, decoding=decoding, return_dict_in_generate=True, **kwargs)
     new_bytes = output.sequences[:, batch.shape[1] :]
     assert new_bytes.shape == (len(PROMPTS), NEW_BYTES)

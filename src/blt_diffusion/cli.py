@@ -115,11 +115,19 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         help=f"generate at most N bytes (default: {COMMAND_LINE_MAX_NEW_TOKENS})",
     )
     add_strategy_options(generate)
-    generate.add_argument(
+    sampling = generate.add_mutually_exclusive_group()
+    sampling.add_argument(
         "--do-sample",
         action="store_true",
         default=None,
-        help="sample instead of choosing the most likely byte (default: the model's generation config)",
+        help="sample instead of choosing the most likely byte (default: the model's generation config; the shipped "
+        "model samples)",
+    )
+    sampling.add_argument(
+        "--greedy",
+        dest="do_sample",
+        action="store_false",
+        help="choose the most likely byte at every step: exact greedy decoding",
     )
     generate.add_argument("--temperature", type=float, help="sampling temperature (with --do-sample)")
     generate.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely bytes")

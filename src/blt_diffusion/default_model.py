@@ -18,6 +18,9 @@ from .tokenization_blt_diffusion import BltDiffusionTokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "checkpoints" / "blt-d8-stdlib"
 STORAGE_DTYPE = torch.float16
+# The shipped model samples by default, as many Hub models ship: greedy decoding of a model this small soon repeats
+# itself (spaces, mostly). `do_sample=False` (`--greedy`) gives exact greedy decoding.
+SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
 
 
 def load_default_model(dtype: torch.dtype = torch.float32) -> BltDiffusionForCausalLM:
@@ -27,7 +30,8 @@ def load_default_model(dtype: torch.dtype = torch.float32) -> BltDiffusionForCau
 
 def export_compact(model: BltDiffusionForCausalLM, output_dir: str | Path) -> None:
     """Save `model` and the tokenizer as the shipped model is stored: float16 weights, a float32 config, the
-    package's default generation settings (not those a training run left), and no copies of the package's code.
+    package's default generation settings with `SAMPLING_DEFAULTS` (not those a training run left), and no copies of
+    the package's code.
 
     The config keeps `dtype` float32, so `from_pretrained` upcasts the weights and the model computes as it was
     trained; only the rounding of each weight to float16 changes its outputs. The package registers its classes
@@ -37,7 +41,9 @@ def export_compact(model: BltDiffusionForCausalLM, output_dir: str | Path) -> No
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     BltDiffusionTokenizer().save_pretrained(output_dir)
-    BltDiffusionGenerationConfig.from_model_config(model.config).save_pretrained(output_dir)
+    generation_config = BltDiffusionGenerationConfig.from_model_config(model.config)
+    generation_config.update(**SAMPLING_DEFAULTS)
+    generation_config.save_pretrained(output_dir)
     weights_path = output_dir / SAFE_WEIGHTS_NAME
     weights = load_file(weights_path)
     save_file({name: tensor.to(STORAGE_DTYPE) for name, tensor in weights.items()}, weights_path, {"format": "pt"})
