@@ -12,6 +12,7 @@ from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.block_diffusion_blt_diffusion import (
     BlockDiffusionLayout,
     DiffusionBlocks,
+    autoregressive_targets,
     block_diffusion_attention,
     sample_diffusion_blocks,
 )
@@ -355,3 +356,25 @@ def test_attention_in_parts_equals_dense_attention_under_the_full_mask(models):
     cells = dense[:, 0, input_ids.shape[1] :, input_ids.shape[1] :]
     expected_pairs = blocks.valid.sum() * blocks.block_size + (~blocks.valid).sum()
     assert int(cells.sum()) == int(expected_pairs)
+
+
+def test_self_distillation_adds_the_cross_entropy_with_the_models_own_autoregressive_prediction(models, monkeypatch):
+    _, model = models
+    input_ids = text_ids(source_text(200, 300))
+    blocks = sampled_blocks(model, input_ids, seed=2)
+    plain = run(model, input_ids, blocks, labels=input_ids)
+    monkeypatch.setattr(model.config, "diffusion_distillation_weight", 0.5)
+    distilled = run(model, input_ids, blocks, labels=input_ids)
+
+    # The cell at slot p learns the next-byte distribution the clean stream gives after slot p - 1.
+    previous = (blocks.cell_slots()[0] - 1).clamp(0, input_ids.shape[1] - 1)
+    teacher = plain.logits[0, previous].softmax(dim=-1).view(*blocks.targets.shape[1:], -1)
+    cross_entropy = -(teacher * distilled.diffusion_logits[0].log_softmax(dim=-1)).sum(dim=-1)
+    supervised = blocks.targets[0] != -100
+    weights = blocks.masked[0] / blocks.mask_ratio[0]
+    expected = plain.diffusion_loss + 0.5 * (cross_entropy * weights * supervised).sum() / supervised.sum()
+    torch.testing.assert_close(distilled.diffusion_loss, expected)
+    assert torch.equal(distilled.clean_loss, plain.clean_loss)
+    # The teacher only teaches: no gradient reaches the next-byte logits through it.
+    logits = plain.logits.clone().requires_grad_()
+    assert not autoregressive_targets(logits, blocks).requires_grad

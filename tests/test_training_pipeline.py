@@ -235,6 +235,7 @@ def test_time_limit_stops_training_after_the_first_step(tiny_model, training_row
         ({"init_from": "checkpoint", "patcher_minutes": 1.0}, "need --train-patcher when fine-tuning"),
         ({"bytes_per_patch": 9.0}, "cannot exceed `max_patch_length` (8)"),
         ({"mid_patch_share": 1.5}, "`mid_patch_share` must lie in [0, 1], got 1.5"),
+        ({"distillation_weight": -1.0}, "`distillation_weight` must be >= 0, got -1.0"),
     ],
 )
 def test_recipe_rejects_invalid_options(options, message):
@@ -275,9 +276,10 @@ def test_recipe_stage_arguments_fill_in_the_preset_and_derive_the_patchers(tmp_p
 
 
 def test_recipe_sets_the_diffusion_fields_of_new_and_loaded_models(tmp_path):
-    recipe = TrainingRecipe(model_size="tiny", block_size=4, mid_patch_share=0.5)
+    recipe = TrainingRecipe(model_size="tiny", block_size=4, mid_patch_share=0.5, distillation_weight=0.3)
     model = initial_model(recipe)
     assert (model.config.diffusion_block_size, model.config.diffusion_mid_patch_share) == (4, 0.5)
+    assert model.config.diffusion_distillation_weight == 0.3
     model.save_pretrained(tmp_path)
     loaded = initial_model(TrainingRecipe(init_from=str(tmp_path), block_size=4))
     assert loaded.config.diffusion_mid_patch_share == 0.5  # kept from the checkpoint when not given

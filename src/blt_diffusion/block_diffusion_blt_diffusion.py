@@ -244,6 +244,18 @@ def move_anchors_into_patches(
     return torch.where(moves, patch_starts + inside, patch_starts)
 
 
+def autoregressive_targets(logits: torch.Tensor, blocks: DiffusionBlocks) -> torch.Tensor:
+    """The model's own next-byte distribution for the byte at every cell's position, from the clean bytes before it
+    (teacher forcing, the prefix the cells' revealed neighbours come from), detached so that it only teaches.
+
+    `logits` (batch, seq, vocab): clean next-byte logits -> (batch, blocks, B, vocab) probabilities.
+    """
+    # Cells past a row's end are never supervised; any slot will do for them.
+    previous_slots = (blocks.cell_slots() - 1).clamp(0, logits.shape[1] - 1)
+    gathered = logits.gather(1, previous_slots[..., None].expand(-1, -1, logits.shape[-1]))
+    return gathered.detach().softmax(dim=-1).view(*blocks.targets.shape, -1)
+
+
 def diffusion_losses(
     config: "BltDiffusionConfig",
     clean_loss_function: Callable[..., torch.Tensor],
@@ -268,6 +280,11 @@ def diffusion_losses(
     - `"sum"`: the paper's sums as written, both divided by the same count (supervised clean bytes) so that the
       learning rate does not depend on batch size; relative weights are exactly the paper's.
 
+    With `config.diffusion_distillation_weight` = w > 0, each masked cell also learns the model's own
+    autoregressive prediction of its byte (`autoregressive_targets`): its loss becomes the cross-entropy with the
+    data byte plus w times the cross-entropy with that distribution, so that parallel decoding learns to agree with
+    autoregressive decoding, which verification (BLT-DV) and exact-match rates reward.
+
     Returns:
         `clean_loss`, `diffusion_loss`, scalars.
     """
@@ -276,6 +293,11 @@ def diffusion_losses(
     cell_losses = F.cross_entropy(
         diffusion_logits.flatten(0, -2), blocks.targets.flatten(), ignore_index=-100, reduction="none"
     ).view_as(blocks.targets)
+    if config.diffusion_distillation_weight > 0:
+        teacher = autoregressive_targets(logits, blocks)
+        distillation = -(teacher * diffusion_logits.log_softmax(dim=-1)).sum(dim=-1)
+        supervised = blocks.targets != -100
+        cell_losses = cell_losses + config.diffusion_distillation_weight * distillation.masked_fill(~supervised, 0)
     weights = blocks.masked.to(cell_losses.dtype) / blocks.mask_ratio[:, None, None]
     weighted_sum = (cell_losses * weights).sum()
     if reduction == "mean":

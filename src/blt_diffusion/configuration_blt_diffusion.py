@@ -35,6 +35,10 @@ class BltDiffusionConfig(BltConfig):
         Share of training blocks anchored inside a patch instead of at its start, as most blocks fall at inference;
         their cells read the open patch's provisional latent, exactly as decoding gives it. 0 anchors every block at
         a patch start (the paper's layout).
+    diffusion_distillation_weight (`float`, *optional*, defaults to 0.0):
+        Weight of self-distillation in the masked-cell loss: each masked cell also learns the model's own
+        autoregressive distribution for its byte (teacher-forced on the clean bytes before it). 0 trains on the
+        data alone, as the paper does.
     diffusion_mask_id (`int`, *optional*, defaults to 260):
         Id of the `<mask>` input used by diffusion decoding. It lies outside the 260 byte ids of the model's
         vocabulary on purpose: the clean byte embeddings of a stock checkpoint stay untouched.
@@ -69,6 +73,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_loss_reduction: str = "mean"
     diffusion_min_mask_ratio: float = 1e-3
     diffusion_mid_patch_share: float = 0.0
+    diffusion_distillation_weight: float = 0.0
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -100,6 +105,10 @@ class BltDiffusionConfig(BltConfig):
             )
         if not 0 < self.diffusion_min_mask_ratio <= 1:
             raise ValueError(f"`diffusion_min_mask_ratio` must lie in (0, 1], got {self.diffusion_min_mask_ratio}.")
+        if not self.diffusion_distillation_weight >= 0:
+            raise ValueError(
+                f"`diffusion_distillation_weight` must be >= 0, got {self.diffusion_distillation_weight}."
+            )
         if not 0 <= self.diffusion_mid_patch_share <= 1:
             raise ValueError(f"`diffusion_mid_patch_share` must lie in [0, 1], got {self.diffusion_mid_patch_share}.")
         if self.diffusion_mask_id < self.vocab_size:

@@ -139,6 +139,14 @@ class TrainingRecipe:
             "places most blocks (default: the checkpoint's, 0 for a new model)",
         },
     )
+    distillation_weight: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "W",
+            "help": "weight of self-distillation: masked diffusion cells also learn the model's own autoregressive "
+            "prediction of their byte (default: the checkpoint's, 0 for a new model)",
+        },
+    )
     data: list[str] | None = field(
         default=None,
         metadata={
@@ -231,6 +239,8 @@ class TrainingRecipe:
                 f"`bytes_per_patch` ({self.bytes_per_patch}) cannot exceed `max_patch_length` "
                 f"({self.max_patch_length})."
             )
+        if self.distillation_weight is not None and not self.distillation_weight >= 0:
+            raise ValueError(f"`distillation_weight` must be >= 0, got {self.distillation_weight}.")
         if self.mid_patch_share is not None and not 0 <= self.mid_patch_share <= 1:
             raise ValueError(f"`mid_patch_share` must lie in [0, 1], got {self.mid_patch_share}.")
         # Suffixes may be given without their dot (`--suffix txt md`).
@@ -241,6 +251,8 @@ class TrainingRecipe:
         overrides = {"diffusion_block_size": self.block_size}
         if self.mid_patch_share is not None:
             overrides["diffusion_mid_patch_share"] = self.mid_patch_share
+        if self.distillation_weight is not None:
+            overrides["diffusion_distillation_weight"] = self.distillation_weight
         return overrides
 
     @property
