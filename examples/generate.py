@@ -13,7 +13,7 @@ import argparse
 import time
 
 from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer
-from blt_diffusion.cli import COMMAND_LINE_MAX_NEW_TOKENS
+from blt_diffusion.generation_blt_diffusion import DEFAULT_MAX_NEW_TOKENS
 from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 
 # Every strategy with the options it reads spelled out at their default values, as a starting point for trying others.
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint directory, ours or a stock BltForCausalLM's (default: the shipped model)",
     )
     parser.add_argument("--prompt", default="import os\n\n\ndef ", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=COMMAND_LINE_MAX_NEW_TOKENS, help="bytes to generate")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="bytes to generate")
     return parser.parse_args(argv)
 
 

@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 from . import __version__
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .default_model import DEFAULT_MODEL_DIR, load_default_model
-from .generation_blt_diffusion import BltDiffusionGenerateOutput
+from .generation_blt_diffusion import DEFAULT_MAX_NEW_TOKENS, BltDiffusionGenerateOutput
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
 from .strategies_blt_diffusion import DECODING_STRATEGIES, STRATEGY_OPTIONS, UNMASKING_RULES, StrategyOption
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
@@ -33,8 +33,6 @@ from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRe
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
-# `generate`'s byte budget, shorter than a generation config's (`GENERATION_CONFIG_MAX_NEW_TOKENS`): a quick look.
-COMMAND_LINE_MAX_NEW_TOKENS = 128
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding, new when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIX = "model.diffusion_embed_tokens."
 # `train`: the `TrainingRecipe` fields of which at most one may be given, a new model or a checkpoint.
@@ -110,9 +108,9 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=COMMAND_LINE_MAX_NEW_TOKENS,
         metavar="N",
-        help=f"generate at most N bytes (default: {COMMAND_LINE_MAX_NEW_TOKENS})",
+        help=f"generate at most N bytes (default: the model's generation config, {DEFAULT_MAX_NEW_TOKENS} for a "
+        "model of this package or a stock BLT)",
     )
     add_strategy_options(generate)
     sampling = generate.add_mutually_exclusive_group()
@@ -417,15 +415,14 @@ def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
 def generation_kwargs(args: argparse.Namespace) -> dict:
     """`generate()` arguments from the command line; options left out keep the model's generation config."""
     options = {option.name: getattr(args, option.name) for option in STRATEGY_OPTIONS} | {
+        "max_new_tokens": args.max_new_tokens,
         "decoding": args.decoding,
         "do_sample": args.do_sample,
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
     }
-    return {"max_new_tokens": args.max_new_tokens} | {
-        name: value for name, value in options.items() if value is not None
-    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def print_stats(output: BltDiffusionGenerateOutput, num_new_bytes: int, seconds: float) -> None:

@@ -27,7 +27,7 @@ from .strategies_blt_diffusion import (
 )
 
 # The byte budget of the generation config a model gets from its model config.
-GENERATION_CONFIG_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 class BltDiffusionGenerationConfig(GenerationConfig):
@@ -98,7 +98,7 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             bos_token_id=model_config.bos_token_id,
             eos_token_id=model_config.eos_token_id,
             pad_token_id=model_config.pad_token_id,
-            max_new_tokens=GENERATION_CONFIG_MAX_NEW_TOKENS,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
             do_sample=False,
         )
 
