@@ -195,18 +195,10 @@ def assert_same_greedy_bytes(
     assert ties <= max_ties, f"{ties} rows part ways at float ties"
 
 
-# The longest files, longest first: with `pytest -n auto --dist loadfile` each file runs on one worker, and starting
-# these early lets the workers finish together instead of one running a long file alone at the end.
-LONGEST_FILES = (
-    "test_lossless_sweep.py",
-    "test_diffusion_learning.py",
-    "test_speculative.py",
-)
-
-
+# With `pytest -n auto --dist loadfile` each file runs on one worker, and the workers take files in this order
+# (`--no-loadscope-reorder` in pyproject.toml keeps xdist from handing out the files with the most tests first):
+# files with a `slow` test start first, so that the workers finish together instead of one running a long file alone
+# at the end.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-
-    items.sort(key=rank)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

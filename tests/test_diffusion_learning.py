@@ -19,6 +19,9 @@ TRAINING_STEPS = 460
 BATCH_SIZE = 8
 RECORDS_PER_ROW = 6
 
+# Every test reads the trained model, more than a minute of CPU to train.
+pytestmark = pytest.mark.slow
+
 
 def record(word: str) -> str:
     return f"key={word};val={word};end\n"

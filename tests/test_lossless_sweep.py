@@ -4,6 +4,8 @@ autoregressive decoding on 64 prompts x 256 bytes in left-padded batches of 4, a
 import pytest
 from conftest import BATCH_OF_ONE_PROMPTS, check_lossless_sweep, lossless_sweep
 
+pytestmark = pytest.mark.slow
+
 STRATEGIES = {"self_speculative": {"draft_length": 8}, "diffusion_verified": {}}
 
 

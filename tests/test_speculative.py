@@ -30,6 +30,7 @@ def batched_references(blt_d_model):
     return rows, [generate_new_bytes(blt_d_model, rows[start : start + 4])[1] for start in range(0, len(rows), 4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "decoding, knobs",
     [
@@ -48,6 +49,7 @@ def test_greedy_speculative_output_equals_autoregressive_in_left_padded_batches(
         assert bool((output.acceptance_rate > 0).all()) and bool((output.acceptance_rate <= 1).all())
 
 
+@pytest.mark.slow
 def test_batch_of_one_equals_autoregressive_and_the_batched_run(blt_d_model):
     rows = spread_prompts(2)
     batched = generate_new_bytes(blt_d_model, rows, decoding="self_speculative")[1]
