@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import textwrap  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -105,11 +106,16 @@ PARITY_CONFIGS = {
 }
 
 
-# The full lossless check on random weights (`test_sweep_*.py`, one file per strategy so that test workers run them
-# side by side): 64 prompts x 256 bytes on a configuration with `max_patch_length` (so verification needs frontier
-# twins) and windows shorter than the generation.
+# The full lossless check on random weights (`test_lossless_sweep.py`): 64 prompts x 256 bytes on a configuration with
+# `max_patch_length` (so verification needs frontier twins) and windows shorter than the generation.
 SWEEP_CONFIG = "max_patch_6_projection_small_windows"
 SWEEP_PROMPTS = 64
+# Lossless sweeps run every prompt in left-padded batches of 4, and these 8 alone: a batch of one is the same code
+# with no padding, and batches equal rows alone (`test_generation.py`, `test_speculative.py`), so a subset suffices.
+# Every seventh prompt puts two in each position of a batch of 4 (from no padding to the most), gives
+# `spread_prompts` lengths from 6 to 42 bytes from all over the source, and `test_diffusion_learning.py`'s prompts
+# each record count from 1 to 3.
+BATCH_OF_ONE_PROMPTS = tuple(range(0, 56, 7))
 
 
 @pytest.fixture(scope="session", params=sorted(PARITY_CONFIGS))
@@ -147,10 +153,12 @@ def lossless_sweep() -> tuple[BltDiffusionForCausalLM, list[torch.Tensor], torch
     return model, rows, references
 
 
-def check_lossless_sweep(sweep, batch_size: int, decoding: str, **knobs) -> None:
-    """Greedy `decoding` appends exactly the autoregressive bytes to every prompt of `lossless_sweep()`'s, in
-    left-padded batches of `batch_size`."""
+def check_lossless_sweep(sweep, batch_size: int, decoding: str, prompts: Sequence[int] | None = None, **knobs) -> None:
+    """Greedy `decoding` appends exactly the autoregressive bytes to every prompt of `lossless_sweep()`'s (or to
+    those at the indices `prompts`), in left-padded batches of `batch_size`."""
     model, rows, references = sweep
+    if prompts is not None:
+        rows, references = [rows[index] for index in prompts], references[list(prompts)]
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
         output, actual = generate_new_bytes(model, batch_rows, decoding=decoding, **knobs)
@@ -187,19 +195,10 @@ def assert_same_greedy_bytes(
     assert ties <= max_ties, f"{ties} rows part ways at float ties"
 
 
-# The longest files, longest first: with `pytest -n auto --dist loadfile` each file runs on one worker, and starting
-# these early lets the workers finish together instead of one running a long file alone at the end.
-LONGEST_FILES = (
-    "test_sweep_diffusion_verified.py",
-    "test_diffusion_learning.py",
-    "test_sweep_self_speculative.py",
-    "test_speculative.py",
-)
-
-
+# With `pytest -n auto --dist loadfile` each file runs on one worker, and the workers take files in this order
+# (`--no-loadscope-reorder` in pyproject.toml keeps xdist from handing out the files with the most tests first):
+# files with a `slow` test start first, so that the workers finish together instead of one running a long file alone
+# at the end.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-
-    items.sort(key=rank)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

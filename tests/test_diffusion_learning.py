@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import BOS, assert_same_greedy_bytes, generate_new_bytes
+from conftest import BATCH_OF_ONE_PROMPTS, BOS, assert_same_greedy_bytes, generate_new_bytes
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
@@ -18,6 +18,9 @@ LETTERS = "abcdefgh"
 TRAINING_STEPS = 460
 BATCH_SIZE = 8
 RECORDS_PER_ROW = 6
+
+# Every test reads the trained model, more than a minute of CPU to train.
+pytestmark = pytest.mark.slow
 
 
 def record(word: str) -> str:
@@ -109,24 +112,36 @@ def lossless_references(trained):
     return rows, torch.cat(references)
 
 
+ALL_PROMPTS = tuple(range(64))
+
+
 @pytest.mark.parametrize(
-    "decoding, knobs, num_prompts, batch_size",
+    "decoding, knobs, prompts, batch_size",
     [
-        ("self_speculative", {"draft_length": 8}, 64, 4),
-        ("self_speculative", {"draft_length": 8}, 64, 1),
-        ("diffusion_verified", {}, 64, 4),
-        ("diffusion_verified", {}, 64, 1),
-        ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, 8, 4),
+        ("self_speculative", {"draft_length": 8}, ALL_PROMPTS, 4),
+        ("self_speculative", {"draft_length": 8}, BATCH_OF_ONE_PROMPTS, 1),
+        ("diffusion_verified", {}, ALL_PROMPTS, 4),
+        ("diffusion_verified", {}, BATCH_OF_ONE_PROMPTS, 1),
+        ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, ALL_PROMPTS[:8], 4),
+    ],
+    ids=[
+        "self_speculative-64_prompts-batch_4",
+        "self_speculative-8_prompts-alone",
+        "diffusion_verified-64_prompts-batch_4",
+        "diffusion_verified-8_prompts-alone",
+        "diffusion_verified_confidence-8_prompts-batch_4",
     ],
 )
 def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(
-    trained, lossless_references, decoding, knobs, num_prompts, batch_size
+    trained, lossless_references, decoding, knobs, prompts, batch_size
 ):
-    """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights)."""
+    """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights). Batches of
+    4 cover every prompt; alone, the 8 of `BATCH_OF_ONE_PROMPTS` (batches equal rows alone: `test_generation.py`)."""
     model = trained[0]
     rows, references = lossless_references
-    for start in range(0, num_prompts, batch_size):
-        prompts = rows[start : start + batch_size]
-        output, actual = generate_new_bytes(model, prompts, decoding=decoding, **knobs)
-        assert_same_greedy_bytes(model, prompts, references[start : start + batch_size], actual)
+    rows, references = [rows[index] for index in prompts], references[list(prompts)]
+    for start in range(0, len(rows), batch_size):
+        batch_rows = rows[start : start + batch_size]
+        output, actual = generate_new_bytes(model, batch_rows, decoding=decoding, **knobs)
+        assert_same_greedy_bytes(model, batch_rows, references[start : start + batch_size], actual)
         assert float(output.acceptance_rate.mean()) > 0.5

@@ -46,6 +46,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_in_step_and_save_one_checkpoint(tmp_path):
     output_dir, report_dir = tmp_path / "run", tmp_path / "reports"
     report_dir.mkdir()

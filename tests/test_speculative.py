@@ -17,11 +17,20 @@ from conftest import (
 @pytest.fixture(scope="module", params=sorted(set(PARITY_CONFIGS) - {SWEEP_CONFIG}))
 def blt_d_model(request):
     """A random BLT-D model per parity configuration (with and without `max_patch_length`), but the one that
-    `test_sweep_*.py` check on 64 prompts."""
+    `test_lossless_sweep.py` checks on 64 prompts."""
     stock, _ = build_pair(**PARITY_CONFIGS[request.param])
     return diffusion_model_from(stock, block_size=8)
 
 
+@pytest.fixture(scope="module")
+def batched_references(blt_d_model):
+    """8 prompts and the 256 bytes greedy autoregressive decoding appends to each, in left-padded batches of 4:
+    computed once per model for every strategy compared with it."""
+    rows = spread_prompts(8)
+    return rows, [generate_new_bytes(blt_d_model, rows[start : start + 4])[1] for start in range(0, len(rows), 4)]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "decoding, knobs",
     [
@@ -30,15 +39,17 @@ def blt_d_model(request):
         ("diffusion_verified", {}),
     ],
 )
-def test_greedy_speculative_output_equals_autoregressive_in_left_padded_batches(blt_d_model, decoding, knobs):
-    rows = spread_prompts(8)
-    for start in range(0, len(rows), 4):
-        _, expected = generate_new_bytes(blt_d_model, rows[start : start + 4])
+def test_greedy_speculative_output_equals_autoregressive_in_left_padded_batches(
+    blt_d_model, batched_references, decoding, knobs
+):
+    rows, references = batched_references
+    for start, expected in zip(range(0, len(rows), 4), references, strict=True):
         output, actual = generate_new_bytes(blt_d_model, rows[start : start + 4], decoding=decoding, **knobs)
         assert torch.equal(actual, expected)
         assert bool((output.acceptance_rate > 0).all()) and bool((output.acceptance_rate <= 1).all())
 
 
+@pytest.mark.slow
 def test_batch_of_one_equals_autoregressive_and_the_batched_run(blt_d_model):
     rows = spread_prompts(2)
     batched = generate_new_bytes(blt_d_model, rows, decoding="self_speculative")[1]
