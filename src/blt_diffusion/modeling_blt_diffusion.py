@@ -612,7 +612,165 @@ class BltDiffusionPreTrainedModel(PreTrainedModel):
             init.copy_(module.table_offsets, table_offsets)
 
 
-class BltDiffusionModel(BltDiffusionPreTrainedModel):
+class BltDiffusionBlockDecodingMixin:
+    """What BLT-D adds to `BltDiffusionModel`: decoding blocks of cells, in training over whole sequences and one
+    denoising step at a time at inference. It reads the model's local encoder, global transformer, local decoder and
+    `diffusion_embed_tokens`; `BltDiffusionModel` does everything autoregressive."""
+
+    def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
+
+        Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
+        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent that decoding gives a block
+        at their anchor (see `DiffusionBlocks`; `provisional_latents` for blocks inside patches), and attend as
+        `BlockDiffusionLayout` allows.
+
+        Returns:
+            clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
+        """
+        if self.diffusion_embed_tokens is None:
+            raise ValueError("This model has no diffusion parameters: set `diffusion_block_size` > 0 in its config.")
+        byte_states = encoded.byte_states
+        batch_size, num_clean, _ = byte_states.shape
+        cell_slots = blocks.cell_slots()
+        # Patches closed before the anchor; at a patch start, the last of them is the one the byte before it ends.
+        segmentation = encoded.segmentation
+        closed_through = segmentation.patch_index + segmentation.ends_patch.long()
+        closed_before = closed_through.gather(1, (blocks.starts - 1).clamp(min=0))
+        block_latent = (closed_before - 1).clamp(min=0)
+        latent_keys_values = encoded.latent_keys_values
+        mid_patch = blocks.mid_patch
+        if bool(mid_patch.any()):
+            # Provisional latents go after the closed patches' in the table the decoder gathers from.
+            provisional = self.provisional_latents(encoded, blocks, closed_before)
+            num_closed = latent_keys_values[0][0].shape[1]
+            latent_keys_values = [
+                (torch.cat([keys, more_keys], dim=1), torch.cat([values, more_values], dim=1))
+                for (keys, values), (more_keys, more_values) in zip(latent_keys_values, provisional, strict=True)
+            ]
+            block_latent = torch.where(mid_patch, num_closed + mid_patch.long().cumsum(dim=1) - 1, block_latent)
+        cell_targets = block_latent.repeat_interleave(blocks.block_size, dim=1)
+        cell_embeddings = self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(byte_states.dtype)
+
+        decoder_inputs = torch.cat([byte_states, cell_embeddings], dim=1)
+        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
+        slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
+        context = AttentionContext(
+            position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
+            mask=None,
+            block_layout=BlockDiffusionLayout.build(
+                encoded.starts, num_clean, blocks, self.config.local_attention_window_len
+            ),
+        )
+        states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
+        return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
+
+    def provisional_latents(
+        self, encoded: EncodedBytes, blocks: DiffusionBlocks, closed_before: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The provisional latent of every training block anchored inside a patch, as decoding computes it there.
+
+        A block's open patch is its patch's bytes before the anchor. They are pooled as if the patch closed there,
+        and the global transformer reads the result at the position after the closed patches, attending those
+        patches' keys (`encoded.patch_keys`) and its own, as `encode(..., with_open_patch=True)` does at inference.
+        The open patches of different blocks never share bytes (see `move_anchors_into_patches`).
+
+        Args:
+            encoded (`EncodedBytes`): from `encode(..., keep_patch_keys=True)` on the clean bytes.
+            blocks (`DiffusionBlocks`): the blocks, some anchored inside patches.
+            closed_before (`torch.Tensor` of shape `(batch, blocks)`): patches closed before each anchor.
+
+        Returns:
+            per decoder cross-attention layer, keys and values of shape `(batch, mid_blocks, k, kv_heads, head_dim)`,
+            the row's blocks inside patches in order (rows with fewer repeat harmless padding latents).
+        """
+        if encoded.patch_keys is None:
+            raise ValueError("Blocks anchored inside patches need `encode(..., keep_patch_keys=True)`.")
+        mid_patch = blocks.mid_patch
+        num_provisional = int(mid_patch.sum(dim=1).max())
+        order = mid_patch.long().cumsum(dim=1) - 1
+        byte_slots = torch.arange(encoded.byte_states.shape[1], device=mid_patch.device)
+        in_open_patch = (
+            mid_patch[..., None]
+            & (byte_slots >= blocks.open_patch_starts[..., None])
+            & (byte_slots < blocks.starts[..., None])
+        )
+        byte_patch_index = torch.where(in_open_patch, order[..., None], num_provisional).amin(dim=1)
+        patch_embeddings = self.local_encoder.pool_patches(encoded.byte_states, byte_patch_index, num_provisional)
+
+        mid_blocks = true_positions(mid_patch, fill=-1)
+        positions = closed_before.gather(1, mid_blocks.clamp(min=0)).masked_fill(mid_blocks < 0, 0)
+        num_closed = encoded.latent_keys_values[0][0].shape[1]
+        context = build_query_attention_context(
+            torch.zeros_like(positions[:, 0]),
+            positions,
+            visible_until=positions,
+            sliding_window=None,
+            buffer=encoded.patch_keys.extended(num_closed + num_provisional),
+            write_slots=num_closed + torch.arange(num_provisional, device=positions.device).expand_as(positions),
+        )
+        return self.local_decoder.latent_keys_values(self.global_transformer(patch_embeddings, context))
+
+    def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
+
+        The cells read the newest latent: the open patch's provisional one (from `encode(..., with_open_patch=True)`,
+        one slot past the closed patches), or the last closed patch's when the newest byte closed it, as training
+        gives blocks anchored inside patches and at patch starts (`DiffusionBlocks`). Clean bytes the decoder has not
+        seen yet are decoded first, in the same call, causally and with their own latents, as in training. Cells
+        attend every clean byte (within the window) and each other, bidirectionally; their keys are written past the
+        cache's end and never kept.
+
+        Args:
+            cache (`BltDiffusionCache`): holds the clean bytes, encoded with the open patch's latent.
+            cell_ids (`torch.Tensor` of shape `(batch, block)`): byte ids, `diffusion_mask_id` for masked cells.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, block, decoder_hidden)`: the cells' decoder states.
+        """
+        block_size = cell_ids.shape[1]
+        starts, block_starts = cache.starts, cache.byte_ends
+        # Rows may hold different numbers of bytes (speculative decoding): each row's queries end at its own block.
+        # Every row decodes as many clean bytes as the row furthest behind needs; re-decoding a byte that was
+        # already decoded for good rewrites the same keys.
+        num_clean = int((block_starts - cache.decoder.ends).max())
+        cache.reserve(int(block_starts.max()) + block_size)
+        offsets = torch.arange(-num_clean, block_size, device=cell_ids.device)
+        query_slots = (block_starts[:, None] + offsets).clamp(min=0)
+        clean_slots = query_slots[:, :num_clean]
+
+        ends_patch = cache.ends_patch.gather(1, clean_slots)
+        closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
+        clean_targets = cache.num_patches[:, None] - closed_after - 1
+        newest_is_final = cache.ends_patch.gather(1, (block_starts - 1).clamp(min=0)[:, None])[:, 0]
+        newest_latent = (cache.num_patches - newest_is_final.long()).clamp(min=0)
+        latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
+
+        rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
+        clean_states = cache.encoder_states[rows, clean_slots]
+        cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
+        # Clean bytes read causally; cells read every real byte before the block and the whole block.
+        block_ends = (block_starts + block_size)[:, None]
+        visible_until = torch.where(offsets < 0, query_slots + 1, block_ends)
+        aligned = bool((block_starts == block_starts[0]).all()) and int(block_starts[0]) >= num_clean
+        context = build_query_attention_context(
+            starts,
+            query_slots,
+            visible_until,
+            self.config.local_attention_window_len,
+            cache.decoder,
+            shared_write_start=int(query_slots[0, 0]) if aligned else None,
+        )
+        states = self.local_decoder(
+            torch.cat([clean_states, cell_states], dim=1),
+            gather_latents(cache.latent_keys_values, latent_targets),
+            context,
+        )
+        cache.mark_decoded(block_starts, newest_is_final)
+        return states[:, -block_size:]
+
+
+class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedModel):
     def __init__(self, config: BltDiffusionConfig):
         super().__init__(config)
         self.local_encoder = BltDiffusionLocalEncoder(config.encoder_config)
@@ -801,158 +959,6 @@ class BltDiffusionModel(BltDiffusionPreTrainedModel):
             byte_context=encoder_context,
             patch_keys=patch_keys,
         )
-
-    def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
-
-        Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
-        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent that decoding gives a block
-        at their anchor (see `DiffusionBlocks`; `provisional_latents` for blocks inside patches), and attend as
-        `BlockDiffusionLayout` allows.
-
-        Returns:
-            clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
-        """
-        if self.diffusion_embed_tokens is None:
-            raise ValueError("This model has no diffusion parameters: set `diffusion_block_size` > 0 in its config.")
-        byte_states = encoded.byte_states
-        batch_size, num_clean, _ = byte_states.shape
-        cell_slots = blocks.cell_slots()
-        # Patches closed before the anchor; at a patch start, the last of them is the one the byte before it ends.
-        segmentation = encoded.segmentation
-        closed_through = segmentation.patch_index + segmentation.ends_patch.long()
-        closed_before = closed_through.gather(1, (blocks.starts - 1).clamp(min=0))
-        block_latent = (closed_before - 1).clamp(min=0)
-        latent_keys_values = encoded.latent_keys_values
-        mid_patch = blocks.mid_patch
-        if bool(mid_patch.any()):
-            # Provisional latents go after the closed patches' in the table the decoder gathers from.
-            provisional = self.provisional_latents(encoded, blocks, closed_before)
-            num_closed = latent_keys_values[0][0].shape[1]
-            latent_keys_values = [
-                (torch.cat([keys, more_keys], dim=1), torch.cat([values, more_values], dim=1))
-                for (keys, values), (more_keys, more_values) in zip(latent_keys_values, provisional, strict=True)
-            ]
-            block_latent = torch.where(mid_patch, num_closed + mid_patch.long().cumsum(dim=1) - 1, block_latent)
-        cell_targets = block_latent.repeat_interleave(blocks.block_size, dim=1)
-        cell_embeddings = self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(byte_states.dtype)
-
-        decoder_inputs = torch.cat([byte_states, cell_embeddings], dim=1)
-        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
-        slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
-        context = AttentionContext(
-            position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
-            mask=None,
-            block_layout=BlockDiffusionLayout.build(
-                encoded.starts, num_clean, blocks, self.config.local_attention_window_len
-            ),
-        )
-        states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
-        return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
-
-    def provisional_latents(
-        self, encoded: EncodedBytes, blocks: DiffusionBlocks, closed_before: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The provisional latent of every training block anchored inside a patch, as decoding computes it there.
-
-        A block's open patch is its patch's bytes before the anchor. They are pooled as if the patch closed there,
-        and the global transformer reads the result at the position after the closed patches, attending those
-        patches' keys (`encoded.patch_keys`) and its own, as `encode(..., with_open_patch=True)` does at inference.
-        The open patches of different blocks never share bytes (see `move_anchors_into_patches`).
-
-        Args:
-            encoded (`EncodedBytes`): from `encode(..., keep_patch_keys=True)` on the clean bytes.
-            blocks (`DiffusionBlocks`): the blocks, some anchored inside patches.
-            closed_before (`torch.Tensor` of shape `(batch, blocks)`): patches closed before each anchor.
-
-        Returns:
-            per decoder cross-attention layer, keys and values of shape `(batch, mid_blocks, k, kv_heads, head_dim)`,
-            the row's blocks inside patches in order (rows with fewer repeat harmless padding latents).
-        """
-        if encoded.patch_keys is None:
-            raise ValueError("Blocks anchored inside patches need `encode(..., keep_patch_keys=True)`.")
-        mid_patch = blocks.mid_patch
-        num_provisional = int(mid_patch.sum(dim=1).max())
-        order = mid_patch.long().cumsum(dim=1) - 1
-        byte_slots = torch.arange(encoded.byte_states.shape[1], device=mid_patch.device)
-        in_open_patch = (
-            mid_patch[..., None]
-            & (byte_slots >= blocks.open_patch_starts[..., None])
-            & (byte_slots < blocks.starts[..., None])
-        )
-        byte_patch_index = torch.where(in_open_patch, order[..., None], num_provisional).amin(dim=1)
-        patch_embeddings = self.local_encoder.pool_patches(encoded.byte_states, byte_patch_index, num_provisional)
-
-        mid_blocks = true_positions(mid_patch, fill=-1)
-        positions = closed_before.gather(1, mid_blocks.clamp(min=0)).masked_fill(mid_blocks < 0, 0)
-        num_closed = encoded.latent_keys_values[0][0].shape[1]
-        context = build_query_attention_context(
-            torch.zeros_like(positions[:, 0]),
-            positions,
-            visible_until=positions,
-            sliding_window=None,
-            buffer=encoded.patch_keys.extended(num_closed + num_provisional),
-            write_slots=num_closed + torch.arange(num_provisional, device=positions.device).expand_as(positions),
-        )
-        return self.local_decoder.latent_keys_values(self.global_transformer(patch_embeddings, context))
-
-    def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
-        """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
-
-        The cells read the newest latent: the open patch's provisional one (from `encode(..., with_open_patch=True)`,
-        one slot past the closed patches), or the last closed patch's when the newest byte closed it, as training
-        gives blocks anchored inside patches and at patch starts (`DiffusionBlocks`). Clean bytes the decoder has not
-        seen yet are decoded first, in the same call, causally and with their own latents, as in training. Cells
-        attend every clean byte (within the window) and each other, bidirectionally; their keys are written past the
-        cache's end and never kept.
-
-        Args:
-            cache (`BltDiffusionCache`): holds the clean bytes, encoded with the open patch's latent.
-            cell_ids (`torch.Tensor` of shape `(batch, block)`): byte ids, `diffusion_mask_id` for masked cells.
-
-        Returns:
-            `torch.Tensor` of shape `(batch, block, decoder_hidden)`: the cells' decoder states.
-        """
-        block_size = cell_ids.shape[1]
-        starts, block_starts = cache.starts, cache.byte_ends
-        # Rows may hold different numbers of bytes (speculative decoding): each row's queries end at its own block.
-        # Every row decodes as many clean bytes as the row furthest behind needs; re-decoding a byte that was
-        # already decoded for good rewrites the same keys.
-        num_clean = int((block_starts - cache.decoder.ends).max())
-        cache.reserve(int(block_starts.max()) + block_size)
-        offsets = torch.arange(-num_clean, block_size, device=cell_ids.device)
-        query_slots = (block_starts[:, None] + offsets).clamp(min=0)
-        clean_slots = query_slots[:, :num_clean]
-
-        ends_patch = cache.ends_patch.gather(1, clean_slots)
-        closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
-        clean_targets = cache.num_patches[:, None] - closed_after - 1
-        newest_is_final = cache.ends_patch.gather(1, (block_starts - 1).clamp(min=0)[:, None])[:, 0]
-        newest_latent = (cache.num_patches - newest_is_final.long()).clamp(min=0)
-        latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
-
-        rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
-        clean_states = cache.encoder_states[rows, clean_slots]
-        cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
-        # Clean bytes read causally; cells read every real byte before the block and the whole block.
-        block_ends = (block_starts + block_size)[:, None]
-        visible_until = torch.where(offsets < 0, query_slots + 1, block_ends)
-        aligned = bool((block_starts == block_starts[0]).all()) and int(block_starts[0]) >= num_clean
-        context = build_query_attention_context(
-            starts,
-            query_slots,
-            visible_until,
-            self.config.local_attention_window_len,
-            cache.decoder,
-            shared_write_start=int(query_slots[0, 0]) if aligned else None,
-        )
-        states = self.local_decoder(
-            torch.cat([clean_states, cell_states], dim=1),
-            gather_latents(cache.latent_keys_values, latent_targets),
-            context,
-        )
-        cache.mark_decoded(block_starts, newest_is_final)
-        return states[:, -block_size:]
 
     def _append_slots(
         self, input_ids: torch.Tensor, cache: BltDiffusionCache | None, attention_mask: torch.Tensor | None
