@@ -81,7 +81,10 @@ def diffusion_model_from(stock: BltForCausalLM, block_size: int, **overrides) ->
     config = BltDiffusionConfig.from_blt_config(stock.config, diffusion_block_size=block_size, **overrides)
     model = BltDiffusionForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
-    assert missing == ["model.diffusion_embed_tokens.weight"] and not unexpected
+    new_parameter = {"table": "diffusion_embed_tokens", "encoder": "diffusion_mask_embedding"}[
+        config.diffusion_cell_embedding
+    ]
+    assert missing == [f"model.{new_parameter}.weight"] and not unexpected
     return model
 
 

@@ -20,10 +20,17 @@ from blt_diffusion.strategies_blt_diffusion import (
 MASK = 260
 
 
-@pytest.fixture(scope="module", params=sorted(PARITY_CONFIGS))
-def any_diffusion_model(request):
-    stock, _ = build_pair(**PARITY_CONFIGS[request.param])
-    return diffusion_model_from(stock, block_size=8)
+@pytest.fixture(
+    scope="module",
+    params=[(name, cells) for name in sorted(PARITY_CONFIGS) for cells in ("table", "encoder")],
+    ids=lambda param: "-".join(param),
+)
+def blt_d_model(request):
+    """A BLT-D model for each parity configuration and each way cells reach the decoder
+    (`diffusion_cell_embedding`: their own table, or through the local encoder)."""
+    config_name, cell_embedding = request.param
+    stock, _ = build_pair(**PARITY_CONFIGS[config_name])
+    return diffusion_model_from(stock, block_size=8, diffusion_cell_embedding=cell_embedding)
 
 
 def block_logits(model, cache, cells):
@@ -41,8 +48,8 @@ def diffusion(model, input_ids, max_new_tokens=24, **kwargs):
 # --- Inference reads blocks exactly as training does -----------------------------------------------------------------
 
 
-def test_a_block_at_a_patch_start_decodes_as_in_training(any_diffusion_model):
-    model = any_diffusion_model
+def test_a_block_at_a_patch_start_decodes_as_in_training(blt_d_model):
+    model = blt_d_model
     input_ids = text_ids(source_text(220, 300))
     ends_patch = model.model.encode(input_ids).segmentation.ends_patch[0]
     anchors = (torch.nonzero(ends_patch[:-9])[:, 0] + 1)[5::7][:4]
@@ -66,9 +73,10 @@ def test_a_block_at_a_patch_start_decodes_as_in_training(any_diffusion_model):
         torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
 
 
-def test_a_block_inside_a_patch_decodes_as_in_training(any_diffusion_model):
-    """Training blocks anchored inside a patch read the open patch's provisional latent exactly as decoding does."""
-    model = any_diffusion_model
+def test_a_block_inside_a_patch_decodes_as_in_training(blt_d_model):
+    """Training blocks anchored inside a patch read the open patch's provisional latent exactly as decoding does,
+    and cells reach the decoder the same way in both (through the local encoder too)."""
+    model = blt_d_model
     input_ids = text_ids(source_text(220, 300))
     ends_patch = model.model.encode(input_ids).segmentation.ends_patch[0]
     inside_patches = [slot for slot in range(20, input_ids.shape[1] - 9) if not bool(ends_patch[slot - 1])]
@@ -95,10 +103,10 @@ def test_a_block_inside_a_patch_decodes_as_in_training(any_diffusion_model):
         torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
 
 
-def test_incremental_block_decoding_equals_encoding_the_prefix_at_once(any_diffusion_model):
+def test_incremental_block_decoding_equals_encoding_the_prefix_at_once(blt_d_model):
     """Blocks appended in chunks (patches closing across chunks, provisional latents replaced) read the same
     states as a fresh cache that encodes the whole prefix in one call."""
-    model = any_diffusion_model
+    model = blt_d_model
     input_ids = text_ids(source_text(130, 2000))
     cells = torch.full((1, 8), MASK)
     cells[0, 2] = 70

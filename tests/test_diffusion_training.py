@@ -20,11 +20,17 @@ from blt_diffusion.block_diffusion_blt_diffusion import (
 BLOCK_SIZE = 6
 
 
-@pytest.fixture(scope="module", params=sorted(PARITY_CONFIGS))
+@pytest.fixture(
+    scope="module",
+    params=[(name, cells) for name in sorted(PARITY_CONFIGS) for cells in ("table", "encoder")],
+    ids=lambda param: "-".join(param),
+)
 def models(request):
-    """(plain BLT, BLT-D) on the same weights, for each parity configuration (windows, max patch length, GQA)."""
-    stock, plain = build_pair(**PARITY_CONFIGS[request.param])
-    return plain, diffusion_model_from(stock, BLOCK_SIZE)
+    """(plain BLT, BLT-D) on the same weights, for each parity configuration (windows, max patch length, GQA) and
+    each way cells reach the decoder (`diffusion_cell_embedding`)."""
+    config_name, cell_embedding = request.param
+    stock, plain = build_pair(**PARITY_CONFIGS[config_name])
+    return plain, diffusion_model_from(stock, BLOCK_SIZE, diffusion_cell_embedding=cell_embedding)
 
 
 def sampled_blocks(model, input_ids, seed=0, attention_mask=None) -> DiffusionBlocks:
@@ -288,17 +294,27 @@ def test_stock_directory_becomes_a_blt_d_model_that_still_decodes_like_stock(sto
         )
 
 
-@pytest.mark.parametrize("mid_patch_share", [0.0, 0.5], ids=["patch starts", "inside patches too"])
-def test_both_loss_terms_backpropagate_through_the_whole_model(stock_dir, mid_patch_share):
+@pytest.mark.parametrize(
+    ("mid_patch_share", "cell_embedding", "new_parameter"),
+    [(0.0, "table", "diffusion_embed_tokens"), (0.5, "encoder", "diffusion_mask_embedding")],
+    ids=["table cells at patch starts", "encoder cells inside patches too"],
+)
+def test_both_loss_terms_backpropagate_through_the_whole_model(
+    stock_dir, mid_patch_share, cell_embedding, new_parameter
+):
     directory, _ = stock_dir
     model = BltDiffusionForCausalLM.from_pretrained(
-        directory, diffusion_block_size=8, diffusion_mid_patch_share=mid_patch_share
+        directory,
+        diffusion_block_size=8,
+        diffusion_mid_patch_share=mid_patch_share,
+        diffusion_cell_embedding=cell_embedding,
     ).train()
     input_ids = text_ids(source_text(240, 1200))
     torch.manual_seed(0)
     output = model(input_ids, labels=input_ids)
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    for term, untouched in ((output.diffusion_loss, set()), (output.clean_loss, {"diffusion_embed_tokens"})):
+    new_weight = f"model.{new_parameter}.weight"
+    for term, reaches_new_weight in ((output.diffusion_loss, True), (output.clean_loss, False)):
         model.zero_grad()
         term.backward(retain_graph=True)
         reached = {
@@ -308,9 +324,9 @@ def test_both_loss_terms_backpropagate_through_the_whole_model(stock_dir, mid_pa
         }
         for prefix in ("model.local_encoder.", "model.global_transformer.", "model.local_decoder.", "lm_head."):
             assert any(name.startswith(prefix) for name in reached), (prefix, term)
-        assert ("model.diffusion_embed_tokens.weight" in reached) == (not untouched)
+        assert (new_weight in reached) == reaches_new_weight
         assert not any(name.startswith("model.patcher.") for name in reached)
-    assert "model.diffusion_embed_tokens.weight" in trainable
+    assert new_weight in trainable
 
 
 def test_gradient_checkpointing_gives_the_same_diffusion_gradients(stock_dir):

@@ -39,6 +39,11 @@ class BltDiffusionConfig(BltConfig):
         Weight of self-distillation in the masked-cell loss: each masked cell also learns the model's own
         autoregressive distribution for its byte (teacher-forced on the clean bytes before it). 0 trains on the
         data alone, as the paper does.
+    diffusion_cell_embedding (`str`, *optional*, defaults to `"table"`):
+        How diffusion cells reach the local decoder: `"table"`, a byte-and-mask embedding of their own
+        (`diffusion_embed_tokens`, decoder width); or `"encoder"`, through the local encoder's byte and hash n-gram
+        embeddings and its layers, as clean bytes do, with one new mask embedding (encoder width). `"encoder"`
+        costs a local-encoder pass over the block per denoising step.
     diffusion_mask_id (`int`, *optional*, defaults to 260):
         Id of the `<mask>` input used by diffusion decoding. It lies outside the 260 byte ids of the model's
         vocabulary on purpose: the clean byte embeddings of a stock checkpoint stay untouched.
@@ -74,6 +79,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_min_mask_ratio: float = 1e-3
     diffusion_mid_patch_share: float = 0.0
     diffusion_distillation_weight: float = 0.0
+    diffusion_cell_embedding: str = "table"
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -105,6 +111,10 @@ class BltDiffusionConfig(BltConfig):
             )
         if not 0 < self.diffusion_min_mask_ratio <= 1:
             raise ValueError(f"`diffusion_min_mask_ratio` must lie in (0, 1], got {self.diffusion_min_mask_ratio}.")
+        if self.diffusion_cell_embedding not in ("table", "encoder"):
+            raise ValueError(
+                f"`diffusion_cell_embedding` must be 'table' or 'encoder', got {self.diffusion_cell_embedding!r}."
+            )
         if not self.diffusion_distillation_weight >= 0:
             raise ValueError(
                 f"`diffusion_distillation_weight` must be >= 0, got {self.diffusion_distillation_weight}."

@@ -458,6 +458,12 @@ class BltDiffusionByteNgramHasher(nn.Module):
         """Bytes an n-gram id depends on: the byte and `window - 1` before it."""
         return max(self.config.encoder_hash_byte_group_size)
 
+    @property
+    def group_sizes(self) -> list[int]:
+        """The n-gram length of each table, in table order."""
+        config = self.config
+        return list(config.encoder_hash_byte_group_size) * config.encoder_hash_byte_group_nb_functions
+
     def compute_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Powers (window, tables) and per-table offsets (tables,), in the checkpoints' table order: hash function
         outer, group size inner."""
@@ -505,7 +511,8 @@ class EncodedBytes:
     held before this call. `real` (batch, new): False for left padding. `byte_context`: the encoder's attention
     context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
     `patch_keys`: without a cache, when asked for, the global transformer's keys and values of this call's patches,
-    which the provisional latents of training blocks anchored inside patches attend.
+    which the provisional latents of training blocks anchored inside patches attend. `token_ids` (batch, new): the
+    new bytes' ids, 0 for left padding.
     """
 
     byte_states: torch.Tensor
@@ -516,6 +523,7 @@ class EncodedBytes:
     real: torch.Tensor
     byte_context: AttentionContext
     patch_keys: KeyValueBuffer | None = None
+    token_ids: torch.Tensor | None = None
 
 
 def gather_latents(
@@ -615,20 +623,21 @@ class BltDiffusionPreTrainedModel(PreTrainedModel):
 class BltDiffusionBlockDecodingMixin:
     """What BLT-D adds to `BltDiffusionModel`: decoding blocks of cells, in training over whole sequences and one
     denoising step at a time at inference. It reads the model's local encoder, global transformer, local decoder and
-    `diffusion_embed_tokens`; `BltDiffusionModel` does everything autoregressive."""
+    cell embedding (`diffusion_embed_tokens` or `diffusion_mask_embedding`, see `config.diffusion_cell_embedding`);
+    `BltDiffusionModel` does everything autoregressive."""
 
     def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
 
-        Clean bytes are decoded exactly as by `forward`. Block cells embed their inputs with
-        `diffusion_embed_tokens`, keep their original positions for RoPE, read the latent that decoding gives a block
+        Clean bytes are decoded exactly as by `forward`. Block cells enter through `train_cell_states`, keep their
+        original positions for RoPE, read the latent that decoding gives a block
         at their anchor (see `DiffusionBlocks`; `provisional_latents` for blocks inside patches), and attend as
         `BlockDiffusionLayout` allows.
 
         Returns:
             clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
         """
-        if self.diffusion_embed_tokens is None:
+        if self.config.diffusion_block_size <= 0:
             raise ValueError("This model has no diffusion parameters: set `diffusion_block_size` > 0 in its config.")
         byte_states = encoded.byte_states
         batch_size, num_clean, _ = byte_states.shape
@@ -650,10 +659,7 @@ class BltDiffusionBlockDecodingMixin:
             ]
             block_latent = torch.where(mid_patch, num_closed + mid_patch.long().cumsum(dim=1) - 1, block_latent)
         cell_targets = block_latent.repeat_interleave(blocks.block_size, dim=1)
-        cell_embeddings = self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(byte_states.dtype)
 
-        decoder_inputs = torch.cat([byte_states, cell_embeddings], dim=1)
-        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
         slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
         context = AttentionContext(
             position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
@@ -662,8 +668,82 @@ class BltDiffusionBlockDecodingMixin:
                 encoded.starts, num_clean, blocks, self.config.local_attention_window_len
             ),
         )
+        decoder_inputs = torch.cat([byte_states, self.train_cell_states(encoded, blocks, context)], dim=1)
+        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
         states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
         return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
+
+    def train_cell_states(
+        self, encoded: EncodedBytes, blocks: DiffusionBlocks, context: AttentionContext
+    ) -> torch.Tensor:
+        """The decoder inputs of training cells, (batch, blocks * B, hidden).
+
+        With `diffusion_cell_embedding="encoder"`, the local encoder reads [clean bytes ; cells] under the same block
+        layout as the decoder (`context`), so each cell reads the clean bytes before its anchor and its own block,
+        and the clean bytes give exactly `encoded.byte_states`; otherwise each cell's input is looked up in
+        `diffusion_embed_tokens`.
+        """
+        if self.diffusion_mask_embedding is None:
+            return self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(encoded.byte_states.dtype)
+        history_slots = blocks.starts[..., None] + torch.arange(
+            1 - self.ngram_hasher.window, 0, device=blocks.starts.device
+        )
+        history = encoded.token_ids.gather(1, history_slots.clamp(min=0).flatten(1)).view_as(history_slots)
+        history = history.masked_fill(history_slots < encoded.starts[:, None, None], 0)
+        cell_embeddings = self.embed_cells(blocks.input_ids.flatten(0, 1), history.flatten(0, 1))
+        num_clean = encoded.token_ids.shape[1]
+        clean_embeddings = self.embed_bytes(encoded.token_ids, num_clean)
+        cell_embeddings = cell_embeddings.reshape(clean_embeddings.shape[0], -1, clean_embeddings.shape[-1])
+        embeddings = torch.cat([clean_embeddings, cell_embeddings], dim=1)
+        return self.local_encoder(embeddings, context)[:, num_clean:]
+
+    def embed_cells(self, cell_ids: torch.Tensor, history_ids: torch.Tensor) -> torch.Tensor:
+        """Encoder inputs of block cells, made as clean bytes' are: a revealed cell's byte embedding plus the hash
+        embedding of every n-gram ending at it whose bytes are all known (the clean bytes before the block and
+        revealed cells); a masked cell's input is the mask embedding alone, so no masked byte leaks.
+
+        Args:
+            cell_ids (`torch.Tensor` of shape `(rows, B)`): byte ids, `config.diffusion_mask_id` for masked cells.
+            history_ids (`torch.Tensor` of shape `(rows, window - 1)`): the clean bytes before each block, 0 before a
+                row's start.
+
+        Returns:
+            `torch.Tensor` of shape `(rows, B, encoder_hidden)`.
+        """
+        masked = cell_ids == self.config.diffusion_mask_id
+        known_ids = cell_ids.masked_fill(masked, 0)
+        embeddings = self.local_encoder.embed_tokens(known_ids)
+        embeddings = torch.where(masked[..., None], self.diffusion_mask_embedding.weight[0], embeddings)
+        table_embeddings = self.encoder_hash_tok_embedding(self.ngram_hasher(torch.cat([history_ids, known_ids], 1)))
+        # masked_before[:, j]: masked cells among the block's first j.
+        masked_before = F.pad(masked.long().cumsum(dim=1), (1, 0))
+        offsets = torch.arange(cell_ids.shape[1], device=cell_ids.device)
+        group_sizes = self.ngram_hasher.group_sizes
+        for table_embedding, group_size in zip(table_embeddings.unbind(dim=2), group_sizes, strict=True):
+            first = (offsets - group_size + 1).clamp(min=0)
+            known = masked_before[:, offsets + 1] == masked_before[:, first]
+            embeddings = embeddings + table_embedding * known[..., None]
+        return embeddings
+
+    def block_cell_states(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder inputs of a block's cells at inference, (batch, B, hidden): as in `train_cell_states`, the
+        local encoder reads the cells against the cached clean bytes (its keys for the cells are written past the
+        cache's end and never kept), or `diffusion_embed_tokens` is looked up."""
+        if self.diffusion_mask_embedding is None:
+            return self.diffusion_embed_tokens(cell_ids).to(cache.encoder_states.dtype)
+        block_starts, block_size = cache.byte_ends, cell_ids.shape[1]
+        history_slots = block_starts[:, None] + torch.arange(1 - self.ngram_hasher.window, 0, device=cell_ids.device)
+        history = cache.token_ids.gather(1, history_slots.clamp(min=0))
+        history = history.masked_fill(history_slots < cache.starts[:, None], 0)
+        query_slots = block_starts[:, None] + torch.arange(block_size, device=cell_ids.device)
+        context = build_query_attention_context(
+            cache.starts,
+            query_slots,
+            visible_until=(block_starts + block_size)[:, None].expand_as(query_slots),
+            sliding_window=self.config.local_attention_window_len,
+            buffer=cache.encoder,
+        )
+        return self.local_encoder(self.embed_cells(cell_ids, history), context).to(cache.encoder_states.dtype)
 
     def provisional_latents(
         self, encoded: EncodedBytes, blocks: DiffusionBlocks, closed_before: torch.Tensor
@@ -748,7 +828,7 @@ class BltDiffusionBlockDecodingMixin:
 
         rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
         clean_states = cache.encoder_states[rows, clean_slots]
-        cell_states = self.diffusion_embed_tokens(cell_ids).to(clean_states.dtype)
+        cell_states = self.block_cell_states(cache, cell_ids)
         # Clean bytes read causally; cells read every real byte before the block and the whole block.
         block_ends = (block_starts + block_size)[:, None]
         visible_until = torch.where(offsets < 0, query_slots + 1, block_ends)
@@ -786,13 +866,14 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             self.patcher.requires_grad_(False)
         else:
             self.patcher = None
-        if config.diffusion_block_size > 0:
-            # Cells cannot take encoder states (the encoder reads only clean bytes, and a masked cell's neighbours
-            # must not leak through hash n-grams), so the decoder gets its own byte-and-mask embedding for them. It
-            # is the only parameter BLT-D adds: a stock checkpoint keeps every weight and its autoregressive path.
+        # BLT-D's only new parameters: a stock checkpoint keeps every weight and its autoregressive path.
+        self.diffusion_embed_tokens = self.diffusion_mask_embedding = None
+        if config.diffusion_block_size > 0 and config.diffusion_cell_embedding == "encoder":
+            # Cells go through the local encoder as clean bytes do; a masked cell needs an input of its own.
+            self.diffusion_mask_embedding = nn.Embedding(1, config.encoder_config.hidden_size)
+        elif config.diffusion_block_size > 0:
+            # Cells enter the decoder through a byte-and-mask table of their own, beside the encoder's outputs.
             self.diffusion_embed_tokens = nn.Embedding(config.diffusion_mask_id + 1, config.decoder_config.hidden_size)
-        else:
-            self.diffusion_embed_tokens = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -958,6 +1039,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             real=real,
             byte_context=encoder_context,
             patch_keys=patch_keys,
+            token_ids=token_ids,
         )
 
     def _append_slots(
