@@ -326,3 +326,16 @@ def test_diffusion_errors_name_the_problem(diffusion_model, tiny_model):
         diffusion_model.generate(prompt, decoding="diffusion", unmasking="greedy", max_new_tokens=4)
     with pytest.raises(ValueError, match="confidence_threshold"):
         diffusion_model.generate(prompt, decoding="diffusion", confidence_threshold=1.5, max_new_tokens=4)
+
+
+def test_cells_through_the_encoder_charge_an_encoder_pass_per_denoising_step(blt_d_model):
+    prompt = text_ids(source_text(30, 100))
+    with CountDecoderCalls(blt_d_model) as counter:
+        output = diffusion(blt_d_model, prompt, 20, unmasking="confidence", confidence_threshold=0.9)
+    through_encoder = blt_d_model.config.diffusion_cell_embedding == "encoder"
+    assert output.cell_encoder_nfe.tolist() == [counter.calls if through_encoder else 0]
+    counts = ParameterCounts.of(blt_d_model)
+    blocks = math.ceil(20 / 8)
+    expected_loads = counter.calls * counts.decoder + blocks * (counts.encoder + counts.global_transformer)
+    expected_loads += int(output.cell_encoder_nfe[0]) * counts.encoder
+    assert float(output.memory_bandwidth_gb[0]) == pytest.approx(2 * expected_loads / 1e9)

@@ -283,5 +283,9 @@ def test_recipe_sets_the_diffusion_fields_of_new_and_loaded_models(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = initial_model(TrainingRecipe(init_from=str(tmp_path), block_size=4))
     assert loaded.config.diffusion_mid_patch_share == 0.5  # kept from the checkpoint when not given
-    changed = initial_model(TrainingRecipe(init_from=str(tmp_path), block_size=4, mid_patch_share=0.25))
+    changed = initial_model(
+        TrainingRecipe(init_from=str(tmp_path), block_size=4, mid_patch_share=0.25, cell_embedding="encoder")
+    )
     assert changed.config.diffusion_mid_patch_share == 0.25
+    assert changed.config.diffusion_cell_embedding == "encoder"
+    assert changed.model.diffusion_mask_embedding is not None and changed.model.diffusion_embed_tokens is None

@@ -33,8 +33,9 @@ from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRe
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
-# Weights that a checkpoint may lack: BLT-D's masked-byte embedding, new when a BLT becomes a BLT-D model.
-NEW_PARAMETER_PREFIX = "model.diffusion_embed_tokens."
+# Weights that a checkpoint may lack: BLT-D's masked-byte embedding (a table, or the encoder's mask embedding), new
+# when a BLT becomes a BLT-D model.
+NEW_PARAMETER_PREFIXES = ("model.diffusion_embed_tokens.", "model.diffusion_mask_embedding.")
 # `train`: the `TrainingRecipe` fields of which at most one may be given, a new model or a checkpoint.
 EXCLUSIVE_RECIPE_FIELDS = ("model_size", "init_from")
 
@@ -405,7 +406,7 @@ def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
     except (OSError, ValueError) as error:
         raise CliError(f"cannot load a model from {path}: {one_line(error)}") from error
     missing = sorted(loading_info["missing_keys"])
-    lacking = [name for name in missing if not name.startswith(NEW_PARAMETER_PREFIX)]
+    lacking = [name for name in missing if not name.startswith(NEW_PARAMETER_PREFIXES)]
     if lacking:
         others = f" and {len(lacking) - 1} other weights" if len(lacking) > 1 else ""
         raise CliError(f"cannot load a model from {path}: it lacks {lacking[0]}{others}")

@@ -117,8 +117,11 @@ class BltDiffusionGenerateOutput(ModelOutput):
     global_nfe (`torch.LongTensor`): encoder+global calls, counted as the paper counts them: one per call that
         closes at least one patch (AR) or encodes a block (diffusion).
     patcher_nfe (`torch.LongTensor`): entropy-model calls.
-    memory_bandwidth_gb (`torch.FloatTensor`): the paper's estimated parameter traffic (Eq. 8) in GB,
-        `2 * (decoder_nfe * P_dec + global_nfe * (P_enc + P_glob)) / 1e9`.
+    cell_encoder_nfe (`torch.LongTensor`): local-encoder passes over diffusion cells, one per denoising step of a
+        model whose cells go through the encoder (`diffusion_cell_embedding="encoder"`), else 0.
+    memory_bandwidth_gb (`torch.FloatTensor`): the paper's estimated parameter traffic (Eq. 8) in GB, plus the
+        encoder passes over cells, which the paper's BLT-D does not make:
+        `2 * (decoder_nfe * P_dec + global_nfe * (P_enc + P_glob) + cell_encoder_nfe * P_enc) / 1e9`.
     acceptance_rate (`torch.FloatTensor`, *optional*): speculative strategies only, the share of drafted bytes that
         verification kept.
     scores (`tuple[torch.FloatTensor]`, *optional*): processed scores per decoder call, with `output_scores=True`:
@@ -132,6 +135,7 @@ class BltDiffusionGenerateOutput(ModelOutput):
     decoder_nfe: torch.LongTensor | None = None
     global_nfe: torch.LongTensor | None = None
     patcher_nfe: torch.LongTensor | None = None
+    cell_encoder_nfe: torch.LongTensor | None = None
     memory_bandwidth_gb: torch.FloatTensor | None = None
     acceptance_rate: torch.FloatTensor | None = None
     scores: tuple[torch.FloatTensor, ...] | None = None
@@ -163,9 +167,12 @@ class ParameterCounts:
             global_transformer=count(model.model.global_transformer),
         )
 
-    def bandwidth_gb(self, decoder_nfe: torch.Tensor, global_nfe: torch.Tensor) -> torch.Tensor:
+    def bandwidth_gb(
+        self, decoder_nfe: torch.Tensor, global_nfe: torch.Tensor, cell_encoder_nfe: torch.Tensor | int = 0
+    ) -> torch.Tensor:
         bytes_per_parameter = 2
         loads = decoder_nfe * self.decoder + global_nfe * (self.encoder + self.global_transformer)
+        loads = loads + cell_encoder_nfe * self.encoder
         return bytes_per_parameter * loads.double() / 1e9
 
 
@@ -281,7 +288,8 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             decoder_nfe=state.decoder_nfe,
             global_nfe=state.global_nfe,
             patcher_nfe=state.patcher_nfe,
-            memory_bandwidth_gb=counts.bandwidth_gb(state.decoder_nfe, state.global_nfe),
+            cell_encoder_nfe=state.cell_encoder_nfe,
+            memory_bandwidth_gb=counts.bandwidth_gb(state.decoder_nfe, state.global_nfe, state.cell_encoder_nfe),
             acceptance_rate=strategy.acceptance_rate(),
             scores=tuple(state.scores) if generation_config.output_scores else None,
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,

@@ -199,6 +199,7 @@ class GenerationState:
         self.decoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.global_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.patcher_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.cell_encoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.last_scores: torch.Tensor | None = None
         self.scores: list[torch.Tensor] = []
         self.raw_logits: list[torch.Tensor] = []
@@ -211,13 +212,18 @@ class GenerationState:
         return not bool(self.unfinished.any())
 
     def count_calls(
-        self, decoder: torch.Tensor | int = 0, global_: torch.Tensor | int = 0, patcher: torch.Tensor | int = 0
+        self,
+        decoder: torch.Tensor | int = 0,
+        global_: torch.Tensor | int = 0,
+        patcher: torch.Tensor | int = 0,
+        cell_encoder: torch.Tensor | int = 0,
     ):
         """Add calls to the cost of the rows that are still running (each argument scalar or (batch,))."""
         running = self.unfinished.long()
         self.decoder_nfe += running * decoder
         self.global_nfe += running * global_
         self.patcher_nfe += running * patcher
+        self.cell_encoder_nfe += running * cell_encoder
 
     def commit(self, tokens: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """Append up to `counts[r]` bytes of `tokens[r]` (batch, n) to each running row, in order.
@@ -467,6 +473,8 @@ class BlockDenoiser:
         unmasking = self.generation_config.unmasking or strategy.default_unmasking
         self.rule = UNMASKING_RULES[unmasking].from_config(self.generation_config)
         self.mask_id = self.model.config.diffusion_mask_id
+        # Each denoising step then also runs the local encoder over the block, a cost of its own.
+        self.cells_through_encoder = int(self.model.config.diffusion_cell_embedding == "encoder")
 
     def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill a block for every running row, counting one decoder call per step per running row.
@@ -481,7 +489,8 @@ class BlockDenoiser:
         distributions = None
         while bool(masked.any()):
             logits = self.model.block_logits(cache, cells)
-            state.count_calls(decoder=masked.any(dim=1).long())
+            steps = masked.any(dim=1).long()
+            state.count_calls(decoder=steps, cell_encoder=steps * self.cells_through_encoder)
             tokens, scores = self.strategy.choose(state, logits)
             drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
             unmask = self.rule.select(masked, self.rule.rank(logits))

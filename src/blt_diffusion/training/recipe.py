@@ -139,6 +139,14 @@ class TrainingRecipe:
             "places most blocks (default: the checkpoint's, 0 for a new model)",
         },
     )
+    cell_embedding: str | None = field(
+        default=None,
+        metadata={
+            "choices": ("table", "encoder"),
+            "help": "how diffusion cells reach the decoder: their own embedding table, or through the local encoder "
+            "as clean bytes do (default: the checkpoint's, table for a new model)",
+        },
+    )
     distillation_weight: float | None = field(
         default=None,
         metadata={
@@ -253,6 +261,8 @@ class TrainingRecipe:
             overrides["diffusion_mid_patch_share"] = self.mid_patch_share
         if self.distillation_weight is not None:
             overrides["diffusion_distillation_weight"] = self.distillation_weight
+        if self.cell_embedding is not None:
+            overrides["diffusion_cell_embedding"] = self.cell_embedding
         return overrides
 
     @property
