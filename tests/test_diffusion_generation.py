@@ -48,41 +48,11 @@ def diffusion(model, input_ids, max_new_tokens=24, **kwargs):
 # --- Inference reads blocks exactly as training does -----------------------------------------------------------------
 
 
-def test_a_block_at_a_patch_start_decodes_as_in_training(blt_d_model):
-    model = blt_d_model
-    input_ids = text_ids(source_text(220, 300))
-    ends_patch = model.model.encode(input_ids).segmentation.ends_patch[0]
-    anchors = (torch.nonzero(ends_patch[:-9])[:, 0] + 1)[5::7][:4]
+def assert_blocks_decode_as_in_training(model, input_ids, anchors, patch_starts):
+    """Each block at `anchors` (its patch starting at `patch_starts`), half masked at random, gets from decoding
+    (an incremental cache, `block_logits`) the cell logits that the training pass gives it."""
     generator = torch.Generator().manual_seed(0)
-    for anchor in anchors.tolist():
-        masked = torch.rand(1, 1, 8, generator=generator) < 0.6
-        cells = input_ids[:, anchor : anchor + 8][:, None].masked_fill(masked, MASK)
-        blocks = DiffusionBlocks(
-            starts=torch.tensor([[anchor]]),
-            input_ids=cells,
-            masked=masked,
-            targets=input_ids[:, anchor : anchor + 8][:, None],
-            valid=torch.ones_like(masked),
-            mask_ratio=torch.ones(1),
-        )
-        with torch.no_grad():
-            training = model(input_ids, diffusion_blocks=blocks).diffusion_logits[0, 0]
-        cache = model.new_cache(1, 16)
-        with torch.no_grad():
-            model.open_block(cache, input_ids[:, :anchor])
-        torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
-
-
-def test_a_block_inside_a_patch_decodes_as_in_training(blt_d_model):
-    """Training blocks anchored inside a patch read the open patch's provisional latent exactly as decoding does,
-    and cells reach the decoder the same way in both (through the local encoder too)."""
-    model = blt_d_model
-    input_ids = text_ids(source_text(220, 300))
-    ends_patch = model.model.encode(input_ids).segmentation.ends_patch[0]
-    inside_patches = [slot for slot in range(20, input_ids.shape[1] - 9) if not bool(ends_patch[slot - 1])]
-    generator = torch.Generator().manual_seed(0)
-    for anchor in inside_patches[::9][:4]:
-        patch_start = int(torch.nonzero(ends_patch[:anchor])[-1]) + 1
+    for anchor, patch_start in zip(anchors, patch_starts, strict=True):
         masked = torch.rand(1, 1, 8, generator=generator) < 0.6
         cells = input_ids[:, anchor : anchor + 8][:, None].masked_fill(masked, MASK)
         blocks = DiffusionBlocks(
@@ -94,13 +64,30 @@ def test_a_block_inside_a_patch_decodes_as_in_training(blt_d_model):
             mask_ratio=torch.ones(1),
             open_patch_starts=torch.tensor([[patch_start]]),
         )
-        assert bool(blocks.mid_patch.all())
         with torch.no_grad():
             training = model(input_ids, diffusion_blocks=blocks).diffusion_logits[0, 0]
         cache = model.new_cache(1, 16)
         with torch.no_grad():
             model.open_block(cache, input_ids[:, :anchor])
         torch.testing.assert_close(block_logits(model, cache, cells[:, 0])[0], training, atol=1e-4, rtol=0)
+
+
+def test_a_block_at_a_patch_start_decodes_as_in_training(blt_d_model):
+    input_ids = text_ids(source_text(220, 300))
+    ends_patch = blt_d_model.model.encode(input_ids).segmentation.ends_patch[0]
+    anchors = (torch.nonzero(ends_patch[:-9])[:, 0] + 1)[5::7][:4].tolist()
+    assert_blocks_decode_as_in_training(blt_d_model, input_ids, anchors, patch_starts=anchors)
+
+
+def test_a_block_inside_a_patch_decodes_as_in_training(blt_d_model):
+    """Training blocks anchored inside a patch read the open patch's provisional latent exactly as decoding does,
+    and cells reach the decoder the same way in both (through the local encoder too)."""
+    input_ids = text_ids(source_text(220, 300))
+    ends_patch = blt_d_model.model.encode(input_ids).segmentation.ends_patch[0]
+    anchors = [slot for slot in range(20, input_ids.shape[1] - 9) if not bool(ends_patch[slot - 1])][::9][:4]
+    patch_starts = [int(torch.nonzero(ends_patch[:anchor])[-1]) + 1 for anchor in anchors]
+    assert all(start < anchor for start, anchor in zip(patch_starts, anchors, strict=True))
+    assert_blocks_decode_as_in_training(blt_d_model, input_ids, anchors, patch_starts)
 
 
 def test_incremental_block_decoding_equals_encoding_the_prefix_at_once(blt_d_model):
