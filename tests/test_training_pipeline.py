@@ -30,6 +30,7 @@ from blt_diffusion.training import (
 from blt_diffusion.training.data import EXCLUDED_DIRECTORIES, module_split
 from blt_diffusion.training.patcher import mean_patch_length
 from blt_diffusion.training.pipeline import initial_model
+from blt_diffusion.training.recipe import NEW_MODEL_DIFFUSION
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +290,12 @@ def test_recipe_sets_the_diffusion_fields_of_new_and_loaded_models(tmp_path):
     assert changed.config.diffusion_mid_patch_share == 0.25
     assert changed.config.diffusion_cell_embedding == "encoder"
     assert changed.model.diffusion_mask_embedding is not None and changed.model.diffusion_embed_tokens is None
+
+
+def test_a_new_model_trains_with_the_measured_diffusion_choices_and_a_checkpoint_keeps_its_own(tmp_path):
+    new = TrainingRecipe(model_size="tiny", block_size=4).model_config_overrides()
+    assert new == {"diffusion_block_size": 4, **NEW_MODEL_DIFFUSION}
+    chosen = TrainingRecipe(model_size="tiny", cell_embedding="table").model_config_overrides()
+    assert chosen["diffusion_cell_embedding"] == "table"
+    fine_tuning = TrainingRecipe(init_from=str(tmp_path), block_size=4).model_config_overrides()
+    assert fine_tuning == {"diffusion_block_size": 4}
