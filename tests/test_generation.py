@@ -325,3 +325,39 @@ def test_strategies_run_only_on_models_they_were_trained_for(tiny_model, diffusi
         "entropy_bound": 1.0,
     }
     assert DECODING_STRATEGIES["self_speculative"].option_defaults() == {"draft_length": 8}
+
+
+@pytest.mark.parametrize("decoding", sorted(DECODING_STRATEGIES))
+def test_num_return_sequences_gives_that_many_sampled_rows_per_prompt(diffusion_model, decoding):
+    batch, mask = left_pad([text_ids("def f(x):"), text_ids("import os")])
+    torch.manual_seed(0)
+    output = diffusion_model.generate(
+        batch,
+        attention_mask=mask,
+        decoding=decoding,
+        do_sample=True,
+        temperature=2.0,
+        num_return_sequences=3,
+        max_new_tokens=12,
+        min_new_tokens=12,
+        return_dict_in_generate=True,
+    )
+    assert output.sequences.shape == (6, batch.shape[1] + 12)
+    assert output.decoder_nfe.shape == output.memory_bandwidth_gb.shape == (6,)
+    # Rows come prompt by prompt, each prompt kept as given, and the samples differ.
+    assert torch.equal(output.sequences[:, : batch.shape[1]], batch.repeat_interleave(3, dim=0))
+    assert len({tuple(row.tolist()) for row in output.sequences[:3, batch.shape[1] :]}) > 1
+
+
+def test_num_return_sequences_without_sampling_is_refused_as_in_transformers(tiny_model):
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        tiny_model.generate(text_ids("ab"), num_return_sequences=2, do_sample=False, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_every_integer_dtype_of_ids_gives_the_int64_result(tiny_model, dtype):
+    prompt = text_ids("def add(a, b):")
+    expected = tiny_model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(tiny_model.generate(prompt.to(dtype), max_new_tokens=8, do_sample=False), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(prompt.to(dtype)).logits, tiny_model(prompt).logits, atol=0, rtol=0)

@@ -243,6 +243,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         generation_config.validate()
         attention_mask = model_kwargs.get("attention_mask")
         input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
+        input_ids, attention_mask = self._expand_for_return_sequences(input_ids, attention_mask, generation_config)
         max_new_tokens = self._resolve_max_new_tokens(generation_config, input_ids.shape[1], user_set_max_length)
         self._check_position_limit(input_ids.shape[1], max_new_tokens)
 
@@ -346,7 +347,19 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.validate_inputs(input_ids, attention_mask, allow_right_padding=False)
-        return input_ids.to(device), attention_mask.to(device)
+        # Any integer dtype of ids is accepted; the caches hold int64.
+        return input_ids.to(device=device, dtype=torch.long), attention_mask.to(device)
+
+    @staticmethod
+    def _expand_for_return_sequences(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: BltDiffusionGenerationConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Repeat each prompt row `num_return_sequences` times in place, as transformers' `generate` does: the
+        output's rows are then prompt 0's sequences, then prompt 1's, each row with its own cost fields."""
+        copies = generation_config.num_return_sequences or 1
+        if copies == 1:
+            return input_ids, attention_mask
+        return input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
 
     def _resolve_max_new_tokens(
         self, generation_config: GenerationConfig, prompt_length: int, user_set_max_length: bool

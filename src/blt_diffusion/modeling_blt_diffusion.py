@@ -1377,6 +1377,8 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
         cache_is_empty = cache is None or cache.is_empty()
         self.validate_inputs(input_ids, attention_mask, allow_right_padding=cache is None and not use_cache)
+        # Any integer dtype of ids is accepted; embeddings and caches take int64.
+        input_ids = input_ids.long()
         if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
             raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
         diffusion = diffusion_blocks is not None or (labels is not None and self.config.diffusion_block_size > 0)
