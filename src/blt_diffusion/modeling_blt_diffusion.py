@@ -577,6 +577,18 @@ class FrontierTwins:
         )
 
 
+def bytes_before(token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` byte ids before each slot of `ends` in `token_ids` (batch, slots), 0 before a row's first real
+    slot `starts[r]` (batch,), as stock BLT pads the left context of hash n-grams.
+
+    `ends` is (batch,) or (batch, anchors) -> (batch, count) or (batch, anchors, count).
+    """
+    slots = ends[..., None] - count + torch.arange(count, device=ends.device)
+    history = token_ids.gather(1, slots.clamp(min=0).flatten(1)).view_as(slots)
+    row_starts = starts.view(-1, *[1] * (slots.dim() - 1))
+    return history.masked_fill(slots < row_starts, 0)
+
+
 def reaches_max_patch_length(
     ends_patch: torch.Tensor, open_patch_length: torch.Tensor, max_patch_length: int
 ) -> torch.Tensor:
@@ -685,11 +697,7 @@ class BltDiffusionBlockDecodingMixin:
         """
         if self.diffusion_mask_embedding is None:
             return self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(encoded.byte_states.dtype)
-        history_slots = blocks.starts[..., None] + torch.arange(
-            1 - self.ngram_hasher.window, 0, device=blocks.starts.device
-        )
-        history = encoded.token_ids.gather(1, history_slots.clamp(min=0).flatten(1)).view_as(history_slots)
-        history = history.masked_fill(history_slots < encoded.starts[:, None, None], 0)
+        history = bytes_before(encoded.token_ids, encoded.starts, blocks.starts, self.ngram_hasher.window - 1)
         cell_embeddings = self.embed_cells(blocks.input_ids.flatten(0, 1), history.flatten(0, 1))
         num_clean = encoded.token_ids.shape[1]
         clean_embeddings = self.embed_bytes(encoded.token_ids, num_clean)
@@ -732,9 +740,7 @@ class BltDiffusionBlockDecodingMixin:
         if self.diffusion_mask_embedding is None:
             return self.diffusion_embed_tokens(cell_ids).to(cache.encoder_states.dtype)
         block_starts, block_size = cache.byte_ends, cell_ids.shape[1]
-        history_slots = block_starts[:, None] + torch.arange(1 - self.ngram_hasher.window, 0, device=cell_ids.device)
-        history = cache.token_ids.gather(1, history_slots.clamp(min=0))
-        history = history.masked_fill(history_slots < cache.starts[:, None], 0)
+        history = bytes_before(cache.token_ids, cache.starts, block_starts, self.ngram_hasher.window - 1)
         query_slots = block_starts[:, None] + torch.arange(block_size, device=cell_ids.device)
         context = build_query_attention_context(
             cache.starts,
@@ -1073,14 +1079,10 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
     ) -> torch.Tensor:
         """Byte plus hash n-gram embeddings of new bytes (batch, new), their left context read from the cache."""
         num_new = token_ids.shape[1]
-        # Bytes of left context for the hash n-grams, zeros before a row's start, as stock BLT pads.
-        context = self.ngram_hasher.window - 1
         if cache is not None:
             # One slot more for a provisional open-patch latent.
             cache.reserve(int(byte_ends.max()) + num_new + 1)
-            context_slots = byte_ends[:, None] - context + torch.arange(context, device=token_ids.device)
-            history = cache.token_ids.gather(1, context_slots.clamp(min=0))
-            history = history.masked_fill(context_slots < starts[:, None], 0)
+            history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
             token_ids = torch.cat([history, token_ids], dim=1)
         return self.embed_bytes(token_ids, num_new)
 

@@ -740,11 +740,8 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
         return self.model.append_bytes(self.cache, input_ids, attention_mask, open_block=True, last_only=True)
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft a block by diffusion after the committed bytes."""
-        lengths = self.cache.lengths()
-        drafted = self.denoiser.denoise(state, self.cache, draft_length)
-        self.cache.crop(lengths)
-        return drafted
+        """Draft a block by diffusion after the committed bytes (denoising keeps nothing of the block's cells)."""
+        return self.denoiser.denoise(state, self.cache, draft_length)
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
         """Append the correction now: the next block is denoised after it."""
