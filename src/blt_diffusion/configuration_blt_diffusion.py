@@ -39,6 +39,10 @@ class BltDiffusionConfig(BltConfig):
         Weight of self-distillation in the masked-cell loss: each masked cell also learns the model's own
         autoregressive distribution for its byte (teacher-forced on the clean bytes before it). 0 trains on the
         data alone, as the paper does.
+    diffusion_encoder_gradient_scale (`float`, *optional*, defaults to 1.0):
+        With `diffusion_cell_embedding="encoder"`, the factor on the gradient that the diffusion loss sends into the
+        local encoder through the cells' pass. The encoder also makes every clean byte's state, so below 1 it learns
+        mostly for next-byte prediction and keeps its quality while the decoder still learns the cells fully.
     diffusion_cell_embedding (`str`, *optional*, defaults to `"table"`):
         How diffusion cells reach the local decoder: `"table"`, a byte-and-mask embedding of their own
         (`diffusion_embed_tokens`, decoder width); or `"encoder"`, through the local encoder's byte and hash n-gram
@@ -80,6 +84,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_mid_patch_share: float = 0.0
     diffusion_distillation_weight: float = 0.0
     diffusion_cell_embedding: str = "table"
+    diffusion_encoder_gradient_scale: float = 1.0
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -118,6 +123,10 @@ class BltDiffusionConfig(BltConfig):
         if not self.diffusion_distillation_weight >= 0:
             raise ValueError(
                 f"`diffusion_distillation_weight` must be >= 0, got {self.diffusion_distillation_weight}."
+            )
+        if not 0 <= self.diffusion_encoder_gradient_scale <= 1:
+            raise ValueError(
+                f"`diffusion_encoder_gradient_scale` must lie in [0, 1], got {self.diffusion_encoder_gradient_scale}."
             )
         if not 0 <= self.diffusion_mid_patch_share <= 1:
             raise ValueError(f"`diffusion_mid_patch_share` must lie in [0, 1], got {self.diffusion_mid_patch_share}.")

@@ -693,7 +693,8 @@ class BltDiffusionBlockDecodingMixin:
         With `diffusion_cell_embedding="encoder"`, the local encoder reads [clean bytes ; cells] under the same block
         layout as the decoder (`context`), so each cell reads the clean bytes before its anchor and its own block,
         and the clean bytes give exactly `encoded.byte_states`; otherwise each cell's input is looked up in
-        `diffusion_embed_tokens`.
+        `diffusion_embed_tokens`. The encoder's share of the diffusion gradient is scaled by
+        `config.diffusion_encoder_gradient_scale`.
         """
         if self.diffusion_mask_embedding is None:
             return self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(encoded.byte_states.dtype)
@@ -703,7 +704,11 @@ class BltDiffusionBlockDecodingMixin:
         clean_embeddings = self.embed_bytes(encoded.token_ids, num_clean)
         cell_embeddings = cell_embeddings.reshape(clean_embeddings.shape[0], -1, clean_embeddings.shape[-1])
         embeddings = torch.cat([clean_embeddings, cell_embeddings], dim=1)
-        return self.local_encoder(embeddings, context)[:, num_clean:]
+        cell_states = self.local_encoder(embeddings, context)[:, num_clean:]
+        gradient_scale = self.config.diffusion_encoder_gradient_scale
+        if gradient_scale != 1.0 and cell_states.requires_grad:
+            cell_states.register_hook(lambda gradient: gradient * gradient_scale)
+        return cell_states
 
     def embed_cells(self, cell_ids: torch.Tensor, history_ids: torch.Tensor) -> torch.Tensor:
         """Encoder inputs of block cells, made as clean bytes' are: a revealed cell's byte embedding plus the hash

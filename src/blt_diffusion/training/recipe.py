@@ -163,6 +163,14 @@ class TrainingRecipe:
             "prediction of their byte (default: the checkpoint's, 0 for a new model)",
         },
     )
+    encoder_gradient_scale: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "S",
+            "help": "with cells through the encoder, the factor on the diffusion loss's gradient into the local "
+            "encoder; below 1 protects next-byte quality (default: the checkpoint's, 1 for a new model)",
+        },
+    )
     data: list[str] | None = field(
         default=None,
         metadata={
@@ -257,6 +265,8 @@ class TrainingRecipe:
             )
         if self.distillation_weight is not None and not self.distillation_weight >= 0:
             raise ValueError(f"`distillation_weight` must be >= 0, got {self.distillation_weight}.")
+        if self.encoder_gradient_scale is not None and not 0 <= self.encoder_gradient_scale <= 1:
+            raise ValueError(f"`encoder_gradient_scale` must lie in [0, 1], got {self.encoder_gradient_scale}.")
         if self.mid_patch_share is not None and not 0 <= self.mid_patch_share <= 1:
             raise ValueError(f"`mid_patch_share` must lie in [0, 1], got {self.mid_patch_share}.")
         # Suffixes may be given without their dot (`--suffix txt md`).
@@ -274,6 +284,8 @@ class TrainingRecipe:
             overrides["diffusion_distillation_weight"] = self.distillation_weight
         if self.cell_embedding is not None:
             overrides["diffusion_cell_embedding"] = self.cell_embedding
+        if self.encoder_gradient_scale is not None:
+            overrides["diffusion_encoder_gradient_scale"] = self.encoder_gradient_scale
         return overrides
 
     @property
