@@ -329,6 +329,34 @@ def test_both_loss_terms_backpropagate_through_the_whole_model(
     assert new_weight in trainable
 
 
+def test_encoder_gradient_scale_scales_only_the_cell_pass_gradient(stock_dir):
+    directory, _ = stock_dir
+    input_ids = text_ids(source_text(160, 3000))
+
+    def diffusion_gradients(scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)  # the new mask embedding is initialised at random
+        model = BltDiffusionForCausalLM.from_pretrained(
+            directory,
+            diffusion_block_size=8,
+            diffusion_cell_embedding="encoder",
+            diffusion_encoder_gradient_scale=scale,
+        ).train()
+        blocks = sampled_blocks(model, input_ids, seed=3)
+        loss = model(input_ids, labels=input_ids, diffusion_blocks=blocks).diffusion_loss
+        loss.backward()
+        return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full = diffusion_gradients(1.0)
+    scaled_loss, scaled = diffusion_gradients(0.25)
+    torch.testing.assert_close(scaled_loss, full_loss, atol=0, rtol=0)
+    mask_weight = "model.diffusion_mask_embedding.weight"
+    torch.testing.assert_close(scaled[mask_weight], 0.25 * full[mask_weight])
+    for name in (name for name in full if name.startswith(("model.local_decoder.", "lm_head."))):
+        torch.testing.assert_close(scaled[name], full[name], msg=name)
+    encoder_embedding = "model.local_encoder.embed_tokens.weight"
+    assert not torch.allclose(scaled[encoder_embedding], full[encoder_embedding])
+
+
 def test_gradient_checkpointing_gives_the_same_diffusion_gradients(stock_dir):
     directory, _ = stock_dir
     model = BltDiffusionForCausalLM.from_pretrained(directory, diffusion_block_size=4).train()
