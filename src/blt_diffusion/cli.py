@@ -33,6 +33,8 @@ from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRe
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
+# `train`: the exit status of a run stopped by a non-finite loss, gradient or weight.
+TRAINING_DIVERGED = 1
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding (a table, or the encoder's mask embedding), new
 # when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIXES = ("model.diffusion_embed_tokens.", "model.diffusion_mask_embedding.")
@@ -52,7 +54,10 @@ trained with the patcher frozen. Fine-tuning keeps the checkpoint's patcher and 
 given. The model, its tokenizer, trainer_state.json and eval_results.json are saved to --output-dir. Progress goes
 to stderr, the final held-out bits per byte to stdout. Several processes started by accelerate launch or torchrun
 train together (data parallel), each on --batch-size rows per step; only the main process writes. Needs the training
-extra: pip install "blt-diffusion[train]"."""
+extra: pip install "blt-diffusion[train]".
+
+Exit status: 0 when the model is trained and saved; 1 when training diverges (a non-finite loss, gradient or weight:
+nothing is saved from it); 2 for invalid options, data or checkpoints, reported before training starts."""
 
 CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
@@ -476,10 +481,13 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
 
     `examples/train.py` runs it with the options of its own parser. Every process of a distributed run trains, and
     the main one speaks for them all.
+
+    Returns:
+        The exit status: 0, or `TRAINING_DIVERGED` after reporting in one line on stderr where training diverged.
     """
     require_training_extra()
     from .training import run_training
-    from .training.trainer import is_main_process
+    from .training.trainer import TrainingDivergedError, is_main_process
 
     model = None
     if recipe.init_from is not None:
@@ -494,6 +502,10 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
             results = run_training(recipe, training_args, model)
         except ValueError as error:
             raise CliError(one_line(error)) from error
+        except TrainingDivergedError as error:
+            if main_process:
+                print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+            return TRAINING_DIVERGED
     if main_process:
         print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
     return 0
