@@ -52,7 +52,8 @@ class TimeLimitCallback(TrainerCallback):
 
     The learning-rate schedule does not know about the limit: it is defined over `max_steps`, so choose `max_steps`
     to roughly fill the time, and the limit only ends the run early if steps turn out slower than expected. In a
-    distributed run every process stops at the step where the first one runs out of time.
+    distributed run every process stops at the step where the first one runs out of time. A run that saves
+    checkpoints also saves one at that step, for a later run to resume from; a resumed run counts its time anew.
     """
 
     def __init__(self, max_minutes: float):
@@ -72,6 +73,8 @@ class TimeLimitCallback(TrainerCallback):
             out_of_time = bool(flag)
         if out_of_time:
             control.should_training_stop = True
+            if args.save_strategy != "no":
+                control.should_save = True
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
@@ -209,12 +212,14 @@ def train_model(
     eval_dataset: datasets.Dataset | None,
     args: TrainingArguments,
     max_minutes: float | None = None,
+    resume_from_checkpoint: str | None = None,
 ) -> BltDiffusionForCausalLM:
     """Train `model` in place with `BltTrainer`, then save it and the byte tokenizer to `args.output_dir`.
 
     The patcher stays frozen (see `train_patcher` to train it first). `args.output_dir` also receives
-    `trainer_state.json`, whose `log_history` holds every logged loss, component and evaluation, and the Trainer's
-    `training_args.bin`. In a distributed run every process trains and only the main one writes.
+    `trainer_state.json`, whose `log_history` holds every logged loss, component and evaluation, the Trainer's
+    `training_args.bin`, and, as `args.save_strategy` says, checkpoints `checkpoint-STEP` to resume from. In a
+    distributed run every process trains and only the main one writes.
 
     Args:
         model (`BltDiffusionForCausalLM`): the model to train.
@@ -227,6 +232,10 @@ def train_model(
         max_minutes (`float`, *optional*): stop early once this much time has passed. The learning-rate schedule is
             still defined over `args.max_steps` (or the epochs), so give `max_steps` too for the cosine decay to
             finish.
+        resume_from_checkpoint (`str`, *optional*): a checkpoint of an interrupted run with the same arguments and
+            data, e.g. `args.output_dir/checkpoint-STEP`, to continue from its step with its optimizer, learning-rate
+            schedule, data order and random state: the result is that of the uninterrupted run. `model` should be
+            loaded from it (its weights are loaded again, but not its config).
 
     Returns:
         The trained model (the same object).
@@ -236,6 +245,10 @@ def train_model(
         `TrainingDivergedError`: a loss, gradient or weight is not finite; the model is not saved.
     """
     check_process_group(args)
+    if model.model.patcher is not None:
+        # `from_pretrained` leaves the patcher trainable. Frozen, it stays out of the optimizer, so that a checkpoint's
+        # optimizer state fits the model whether the run started from a new or a loaded one.
+        model.model.patcher.requires_grad_(False)
     callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
     trainer = BltTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks
@@ -243,7 +256,7 @@ def train_model(
     # The Trainer seeds every process alike, so the processes would draw the same diffusion masks for their different
     # rows; the main process keeps `seed`, and a single process trains exactly as before.
     set_seed(args.seed + args.process_index)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     evaluated_last_step = any(
         "eval_loss" in entry and entry["step"] == trainer.state.global_step for entry in trainer.state.log_history
     )
