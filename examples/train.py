@@ -8,10 +8,12 @@ trains on your files instead, `--init-from` fine-tunes a checkpoint (ours or sto
 The options are those of `blt_diffusion.training.TrainingRecipe` and every field of `transformers.TrainingArguments`
 (`--help` lists them), parsed with `HfArgumentParser`, with dashes or underscores alike (`--output-dir`,
 `--output_dir`). `TrainingArguments` take the recipe's defaults (AdamW with β2 0.95, warmup then cosine decay, logs
-every 10 steps, no checkpoints, seed 0); `--max_steps` and `--learning_rate` default to the model preset's, whose step
-counts are sized for the time limits on 2 CPU cores; the learning-rate schedules are defined over the steps, and the
-time limits only stop a run early. On faster hardware raise `--max-steps`. `--eval_strategy steps --eval_steps N`
-also measures the held-out loss every N steps.
+every 10 steps, a checkpoint every tenth of the steps, seed 0); `--max_steps` and `--learning_rate` default to the
+model preset's, whose step counts are sized for the time limits on 2 CPU cores; the learning-rate schedules are
+defined over the steps, and the time limits only stop a run early. On faster hardware raise `--max-steps`.
+`--eval_strategy steps --eval_steps N` also measures the held-out loss every N steps. `--resume` continues an
+interrupted run from its last checkpoint, `--overwrite` replaces the model in `--output-dir`; the exit status is 1
+when training diverges, 2 for invalid input.
 
     python examples/train.py --config tiny --minutes 2 --patcher-minutes 0.5 --output-dir runs/tiny
     python examples/train.py --config benchmark --block-size 8 --output-dir runs/blt-d-40m

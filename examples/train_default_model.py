@@ -5,7 +5,8 @@ One command, about 3.2 hours on 2 CPU cores, on the Python standard library (hel
     python examples/train_default_model.py
 
 Five stages of `blt-diffusion train`, each starting from the previous one's checkpoint under `--work-dir` with a new
-data order and its own warm-up and cosine decay:
+data order and its own warm-up and cosine decay (run again after an interruption, it keeps the finished stages and
+resumes the interrupted one from its last checkpoint, if it saved one):
 
 1. a new `small` model (12.1M parameters) with diffusion block size 16: patcher, threshold, 450 steps;
 2. 550 more steps;
@@ -28,6 +29,7 @@ from pathlib import Path
 from blt_diffusion import DEFAULT_MODEL_DIR, cli
 from blt_diffusion.default_model import export_compact
 from blt_diffusion.training import TrainingRecipe, training_arguments
+from blt_diffusion.training.pipeline import RESULTS_FILE, last_checkpoint
 
 # Every stage: 8 rows of 256 bytes per step, and no time limit that could cut it short.
 RECIPE = TrainingRecipe(sequence_length=256, minutes=1000)
@@ -50,12 +52,19 @@ def main() -> int:
 
     previous = None
     for name, recipe_options, training_options in STAGES:
-        recipe = dataclasses.replace(RECIPE, init_from=None if previous is None else str(previous), **recipe_options)
-        try:
-            cli.train(recipe, training_arguments(str(args.work_dir / name), **training_options))
-        except cli.CliError as error:
-            parser.exit(cli.USAGE_ERROR, f"{cli.PROG}: error: {error}\n")
-        previous = args.work_dir / name
+        stage_dir = args.work_dir / name
+        # A stage's results are written last: without them, it was interrupted.
+        if not (stage_dir / RESULTS_FILE).is_file():
+            init_from = None if previous is None else str(previous)
+            resume = last_checkpoint(stage_dir) is not None
+            recipe = dataclasses.replace(RECIPE, init_from=init_from, resume=resume, **recipe_options)
+            try:
+                status = cli.train(recipe, training_arguments(str(stage_dir), **training_options))
+            except cli.CliError as error:
+                parser.exit(cli.USAGE_ERROR, f"{cli.PROG}: error: {error}\n")
+            if status:
+                return status
+        previous = stage_dir
     export_compact(cli.load_checkpoint(str(previous)).model, args.output_dir)
     print(f"exported {previous} to {args.output_dir}")
     return 0

@@ -217,13 +217,14 @@ def test_train_model_logs_loss_components_and_saves_a_loadable_model(tiny_blt_d_
     assert tokenizer("ab", add_special_tokens=False)["input_ids"] == [97 + 4, 98 + 4]
 
 
-def test_time_limit_stops_training_after_the_first_step(tiny_model, training_rows, tmp_path):
+def test_time_limit_stops_training_after_the_first_step_and_saves_a_checkpoint(tiny_model, training_rows, tmp_path):
     model = copy.deepcopy(tiny_model)
     args = training_arguments(str(tmp_path), max_steps=50, learning_rate=4e-4, per_device_train_batch_size=4)
     train_model(model, training_rows, None, args, max_minutes=0.0)
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     assert not any("clean_loss" in entry for entry in state["log_history"])
+    assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-1"], "to resume from"
 
 
 @pytest.mark.parametrize(
@@ -265,6 +266,8 @@ def test_recipe_stage_arguments_fill_in_the_preset_and_derive_the_patchers(tmp_p
     assert (patcher_args.max_steps, patcher_args.learning_rate) == (schedule.patcher_max_steps, 1e-2)
     assert (patcher_args.gradient_accumulation_steps, patcher_args.activation_checkpointing) == (1, False)
     assert patcher_args.eval_strategy == "no" and patcher_args.seed == patcher_args.data_seed == 3
+    assert (main_args.save_strategy, main_args.save_steps, main_args.save_total_limit) == ("steps", 0.1, 2)
+    assert patcher_args.save_strategy == "no", "only main-model training resumes"
     # Without a size, a new model is the default one; a checkpoint takes the fine-tuning schedule.
     assert TrainingRecipe().new_model_size == "small"
     fine_tuning = TrainingRecipe(init_from="checkpoint")

@@ -33,6 +33,8 @@ from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRe
 
 PROG = "blt-diffusion"
 USAGE_ERROR = 2
+# `train`: the exit status of a run stopped by a non-finite loss, gradient or weight.
+TRAINING_DIVERGED = 1
 # Weights that a checkpoint may lack: BLT-D's masked-byte embedding (a table, or the encoder's mask embedding), new
 # when a BLT becomes a BLT-D model.
 NEW_PARAMETER_PREFIXES = ("model.diffusion_embed_tokens.", "model.diffusion_mask_embedding.")
@@ -52,7 +54,17 @@ trained with the patcher frozen. Fine-tuning keeps the checkpoint's patcher and 
 given. The model, its tokenizer, trainer_state.json and eval_results.json are saved to --output-dir. Progress goes
 to stderr, the final held-out bits per byte to stdout. Several processes started by accelerate launch or torchrun
 train together (data parallel), each on --batch-size rows per step; only the main process writes. Needs the training
-extra: pip install "blt-diffusion[train]"."""
+extra: pip install "blt-diffusion[train]".
+
+The main model's training saves a checkpoint every --save-steps steps to --output-dir/checkpoint-STEP (the last two
+are kept), and at the step where --minutes runs out: --resume continues the run from the last one exactly as if it
+had not stopped (give the same options; --minutes counts anew). A directory that holds a model or checkpoints is
+only trained into with --overwrite (start over: its checkpoints are removed when the main model's training starts,
+its model replaced once the new one is trained) or --resume.
+
+Exit status: 0 when the model is trained and saved; 1 when training diverges (a non-finite loss, gradient or weight:
+nothing is saved from it, and --output-dir keeps what it held); 2 for invalid options, data, checkpoints or output
+directories, reported before training starts."""
 
 CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
@@ -188,6 +200,13 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     trainer.add_argument(
         "--eval-steps", type=positive_int, metavar="N", help="also measure the held-out loss every N steps"
+    )
+    trainer.add_argument(
+        "--save-steps",
+        type=non_negative_int,
+        metavar="N",
+        help="save a checkpoint of the main model every N steps, to --resume from; 0 saves none (default: every "
+        "tenth of --max-steps)",
     )
     trainer.add_argument(
         "--logging-steps",
@@ -465,10 +484,19 @@ def train_options(args: argparse.Namespace) -> tuple[TrainingRecipe, TrainingArg
             eval_steps=args.eval_steps,
             logging_steps=args.logging_steps,
             seed=args.seed,
+            **checkpoint_arguments(args.save_steps),
         )
     except ValueError as error:
         raise CliError(one_line(error)) from error
     return recipe, training_args
+
+
+def checkpoint_arguments(save_steps: int | None) -> dict:
+    """The `TrainingArguments` of `--save-steps`: none to keep the recipe's, or a checkpoint every `save_steps` steps
+    (none for 0)."""
+    if save_steps is None:
+        return {}
+    return {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
 
 
 def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
@@ -476,13 +504,17 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
 
     `examples/train.py` runs it with the options of its own parser. Every process of a distributed run trains, and
     the main one speaks for them all.
+
+    Returns:
+        The exit status: 0, or `TRAINING_DIVERGED` after reporting in one line on stderr where training diverged.
     """
     require_training_extra()
     from .training import run_training
-    from .training.trainer import is_main_process
+    from .training.trainer import TrainingDivergedError, is_main_process
 
     model = None
-    if recipe.init_from is not None:
+    # A resumed run's model is its checkpoint's.
+    if recipe.init_from is not None and not recipe.resume:
         # Loaded here rather than by `run_training`, to refuse in one line a checkpoint that lacks weights. Seeded
         # first: a stock BLT checkpoint lacks the masked-byte embedding, which starts at random.
         set_seed(training_args.seed)
@@ -494,6 +526,10 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
             results = run_training(recipe, training_args, model)
         except ValueError as error:
             raise CliError(one_line(error)) from error
+        except TrainingDivergedError as error:
+            if main_process:
+                print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+            return TRAINING_DIVERGED
     if main_process:
         print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
     return 0

@@ -28,7 +28,14 @@ _SUBMODULES = {
         "training_argument_defaults",
         "training_arguments",
     ],
-    "trainer": ["BltTrainer", "TimeLimitCallback", "check_process_group", "train_model"],
+    "trainer": [
+        "BltTrainer",
+        "DivergenceCallback",
+        "TimeLimitCallback",
+        "TrainingDivergedError",
+        "check_process_group",
+        "train_model",
+    ],
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _SUBMODULES.items() for name in names}
 

@@ -6,7 +6,10 @@ Three stages, as in the BLT recipe:
 2. set the patching threshold so that patches have a chosen mean length on training text;
 3. train the main model with the patcher frozen, then measure bits per byte on held-out files.
 
-Fine-tuning a checkpoint skips the first two stages and keeps the checkpoint's patcher and threshold.
+Fine-tuning a checkpoint skips the first two stages and keeps the checkpoint's patcher and threshold. The main
+model's training saves checkpoints, and a run that stopped during it resumes from the last one
+(`TrainingRecipe.resume`), whose model holds the trained patcher and the threshold. A run never replaces a previous
+run's model or checkpoints unless told to (`TrainingRecipe.overwrite`).
 
 Launched in several processes (`torchrun`, `accelerate launch`), every process runs every stage on the same data: the
 Trainers give each process its own rows of every step and average the gradients, so that the processes keep identical
@@ -15,10 +18,15 @@ weights, and only the main process writes.
 
 import json
 import logging
+import re
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from ..configuration_blt_diffusion import BltDiffusionConfig
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM
@@ -87,6 +95,53 @@ def training_files(recipe: TrainingRecipe) -> tuple[list[Path], list[Path]]:
     return train, heldout
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint directory `checkpoint-STEP`, or None for another name."""
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def saved_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoint directories `checkpoint-STEP` in `output_dir`, complete or not, by step."""
+    found = [path for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if checkpoint_step(path) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The completely saved checkpoint of the latest step in `output_dir`, or None."""
+    # The Trainer writes its state last: a checkpoint without it was interrupted while being saved.
+    complete = [path for path in saved_checkpoints(output_dir) if (path / TRAINER_STATE_NAME).is_file()]
+    return complete[-1] if complete else None
+
+
+def check_output_dir(recipe: TrainingRecipe, output_dir: Path) -> Path | None:
+    """Check what a previous run left in `output_dir` against `recipe.overwrite` and `recipe.resume`, and return the
+    checkpoint to resume from (None to start afresh).
+
+    Raises:
+        `ValueError`: `output_dir` holds a model or checkpoints and neither `overwrite` nor `resume` is set, or
+            `resume` is set and it holds no complete checkpoint.
+    """
+    resumable = last_checkpoint(output_dir)
+    if recipe.resume:
+        if resumable is None:
+            raise ValueError(
+                f"--resume: {output_dir} holds no complete checkpoint to continue from (they are saved while the "
+                "main model trains): train without --resume"
+            )
+        return resumable
+    holds_model = (output_dir / CONFIG_NAME).is_file() or (output_dir / SAFE_WEIGHTS_NAME).is_file()
+    if recipe.overwrite or not (holds_model or saved_checkpoints(output_dir)):
+        return None
+    found = "a trained model" if holds_model else "the checkpoints of an unfinished run"
+    remedies = "--overwrite to start over"
+    if holds_model:
+        remedies += " (the model is replaced once the new one is trained)"
+    if resumable is not None:
+        remedies += f" or --resume to continue from its checkpoint at step {checkpoint_step(resumable)}"
+    raise ValueError(f"{output_dir} already holds {found}: pass {remedies}, or choose another --output-dir")
+
+
 def run_training(
     recipe: TrainingRecipe, training_args: TrainingArguments, model: BltDiffusionForCausalLM | None = None
 ) -> dict[str, float]:
@@ -102,23 +157,31 @@ def run_training(
             `TrainingRecipe.stage_arguments`, which also derives the patcher's). Evaluation on the held-out rows
             follows its `eval_strategy`; its `seed` also seeds a new model's weights.
         model (`BltDiffusionForCausalLM`, *optional*): the model to train in place, instead of `initial_model(recipe)`;
-            it should be the one that `recipe` names.
+            it should be the one that `recipe` names. Unused when resuming: the checkpoint holds the model.
 
     Returns:
         `{"heldout_bits_per_byte": ..., "heldout_rows": ..., "patching_threshold": ...}`, also written to
         `output_dir / RESULTS_FILE` (by the main process).
 
     Raises:
-        `ValueError`: the data is missing (`training_files`), or holds less than one row of `sequence_length` bytes.
+        `ValueError`: the output directory holds a previous run that `recipe` neither overwrites nor resumes
+            (`check_output_dir`), the data is missing (`training_files`), or it holds less than one row of
+            `sequence_length` bytes.
+        `TrainingDivergedError`: a loss, gradient or weight became non-finite; the output directory keeps what it
+            held, and the checkpoints of earlier steps.
     """
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     patcher_args, training_args = recipe.stage_arguments(training_args)
+    output_dir = Path(training_args.output_dir)
+    resume_from = check_output_dir(recipe, output_dir)
     train_files, heldout_files = training_files(recipe)
-    if model is None:
+    if resume_from is not None:
+        # The checkpoint's config holds the threshold that stage 2 calibrated.
+        model = BltDiffusionForCausalLM.from_pretrained(resume_from)
+    elif model is None:
         set_seed(training_args.seed)
         model = initial_model(recipe)
-    output_dir = Path(training_args.output_dir)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info(
         "Model: %.2fM parameters, diffusion block size %d", num_parameters / 1e6, model.config.diffusion_block_size
@@ -138,7 +201,11 @@ def run_training(
         recipe.sequence_length,
     )
 
-    if recipe.train_new_patcher:
+    if resume_from is not None:
+        logger.info(
+            "Resuming from %s with its patcher and threshold (%.4f nats)", resume_from, model.config.patching_threshold
+        )
+    elif recipe.train_new_patcher:
         logger.info("Stage 1: training the entropy patcher")
         train_patcher(model, train_rows, patcher_args, max_minutes=recipe.patcher_max_minutes)
         calibration_ids = train_rows.select(evenly_spaced_rows(len(train_rows), recipe.calibration_rows))
@@ -162,9 +229,20 @@ def run_training(
     else:
         logger.info("Keeping the model's patcher and threshold (%.4f nats)", model.config.patching_threshold)
 
+    if recipe.overwrite and is_main_process():
+        # The previous run's checkpoints would mix with this run's, in the Trainer's rotation and in a later resume.
+        for checkpoint in saved_checkpoints(output_dir):
+            shutil.rmtree(checkpoint)
     logger.info("Stage 3: training the main model")
     evaluates = training_args.eval_strategy != "no"
-    train_model(model, train_rows, heldout_rows if evaluates else None, training_args, max_minutes=recipe.minutes)
+    train_model(
+        model,
+        train_rows,
+        heldout_rows if evaluates else None,
+        training_args,
+        max_minutes=recipe.minutes,
+        resume_from_checkpoint=None if resume_from is None else str(resume_from),
+    )
 
     results = {
         "heldout_bits_per_byte": heldout_bits_per_byte(

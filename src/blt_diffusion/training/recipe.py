@@ -64,8 +64,8 @@ NEW_MODEL_DIFFUSION = {"diffusion_cell_embedding": "encoder", "diffusion_mid_pat
 PATCHER_OUTPUT_DIR = "patcher_trainer"
 
 # The `TrainingArguments` that the recipe sets: AdamW with β2 0.95 and weight decay, 5% warmup then cosine decay, logs
-# every 10 steps, no checkpoints during training, no reporting integrations, and only the loss from evaluation
-# (gathering (batch, seq, vocab) logits would waste memory).
+# every 10 steps, a checkpoint every tenth of the steps (the last two kept) to resume an interrupted run from, no
+# reporting integrations, and only the loss from evaluation (gathering (batch, seq, vocab) logits would waste memory).
 TRAINING_DEFAULTS = {
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8,
@@ -77,7 +77,10 @@ TRAINING_DEFAULTS = {
     "adam_beta2": 0.95,
     "lr_scheduler_type": "cosine",
     "logging_steps": 10,
-    "save_strategy": "no",
+    "save_strategy": "steps",
+    # A float below 1 is a fraction of the training steps.
+    "save_steps": 0.1,
+    "save_total_limit": 2,
     "prediction_loss_only": True,
     "report_to": "none",
     "seed": 0,
@@ -108,7 +111,8 @@ def lower_bounds() -> dict[str, int]:
 
 @dataclass
 class TrainingRecipe:
-    """What to train, on which text and for how long: the options of `run_training` that `TrainingArguments` lacks.
+    """What to train, on which text and for how long, and whether to replace or continue a previous run in the output
+    directory: the options of `run_training` that `TrainingArguments` lacks.
 
     A new model (`model_size`) or a checkpoint (`init_from`) goes through three stages: the entropy patcher is trained,
     the patching threshold is calibrated, and the main model is trained with the patcher frozen; a checkpoint skips
@@ -243,12 +247,28 @@ class TrainingRecipe:
             "help": "CPU threads per process for PyTorch (default: PyTorch's, which follows OMP_NUM_THREADS)",
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "train even if the output directory holds a model or checkpoints: start over, replacing the "
+            "checkpoints as the main model's training starts and the model once the new one is trained",
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue the interrupted run in the output directory from its last checkpoint, with the same "
+            "options, as if it had not stopped",
+        },
+    )
 
     def __post_init__(self):
         for name, minimum in lower_bounds().items():
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume exclude each other: start the run over, or continue it.")
         if self.init_from is not None:
             if self.model_size is not None:
                 raise ValueError("--config and --init-from exclude each other: a new model, or a checkpoint.")
@@ -312,7 +332,7 @@ class TrainingRecipe:
         the model preset (`MODEL_PRESETS`), or from `FINE_TUNING_SCHEDULE` for a checkpoint. An unset `data_seed` is
         `seed`, so that every process of a distributed run shuffles the rows alike (the Trainer then deals each its
         share). The patcher trains at `patcher_learning_rate` in `output_dir/PATCHER_OUTPUT_DIR`, without gradient
-        accumulation, activation checkpointing or evaluation.
+        accumulation, activation checkpointing, evaluation or checkpoints (only main-model training resumes).
         """
         size = self.new_model_size
         schedule = FINE_TUNING_SCHEDULE if size is None else MODEL_PRESETS[size].schedule
@@ -331,6 +351,7 @@ class TrainingRecipe:
             activation_checkpointing=False,
             eval_strategy="no",
             eval_steps=None,
+            save_strategy="no",
         )
         return patcher, main
 
