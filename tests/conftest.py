@@ -1,6 +1,10 @@
 """Shared builders: random BLT models that patch like trained ones, in stock and in our implementation."""
 
+import json
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -9,6 +13,7 @@ import textwrap  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import pytest  # noqa: E402
+import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 from transformers import BltForCausalLM  # noqa: E402
 
@@ -86,6 +91,26 @@ def diffusion_model_from(stock: BltForCausalLM, block_size: int, **overrides) ->
     ]
     assert missing == [f"model.{new_parameter}.weight"] and not unexpected
     return model
+
+
+def edited_checkpoint(
+    source: Path,
+    directory: Path,
+    config: Callable[[dict], None] | None = None,
+    weights: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> Path:
+    """A copy at `directory` of checkpoint directory `source`, its `config.json` dict edited in place by `config` and
+    its weights (a dict of tensors by name) replaced by what `weights` returns."""
+    shutil.copytree(source, directory)
+    if config is not None:
+        config_dict = json.loads((directory / "config.json").read_text())
+        config(config_dict)
+        (directory / "config.json").write_text(json.dumps(config_dict))
+    if weights is not None:
+        weights_path = directory / "model.safetensors"
+        edited = weights(safetensors.torch.load_file(weights_path))
+        safetensors.torch.save_file(edited, weights_path, metadata={"format": "pt"})
+    return directory
 
 
 PARITY_CONFIGS = {

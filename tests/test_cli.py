@@ -1,7 +1,9 @@
 """The `blt-diffusion` command line, run in-process through `main`, plus one run of the installed console script."""
 
 import dataclasses
+import errno
 import importlib.util
+import io
 import json
 import math
 import os
@@ -10,12 +12,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
-from conftest import build_pair, diffusion_model_from, source_text, text_ids
+from conftest import build_pair, diffusion_model_from, edited_checkpoint, source_text, text_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
@@ -74,6 +77,21 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     status = cli.main(list(argv))
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def run_catching_interrupts(capsys, *argv: str) -> tuple[int, str, str]:
+    """`run`, failing the test (not ending the session) if a Ctrl-C escapes `main`."""
+    try:
+        return run(capsys, *argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main")
+
+
+def assert_one_error_line(status: int, out: str, err: str, message: str) -> None:
+    """Exit status 2, nothing on stdout, and one line on stderr: the error, with `message`."""
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("blt-diffusion: error: "), err
+    assert message in err, err
 
 
 def stats_of(err: str) -> dict[str, str]:
@@ -391,6 +409,112 @@ def test_block_size_above_the_trained_one_is_a_one_line_error(capsys, diffusion_
     assert err.strip().splitlines()[-1].endswith("error: --block-size 9 exceeds the model's trained block size 8")
 
 
+def truncated_checkpoint(source: Path, directory: Path) -> Path:
+    """A copy of checkpoint `source` with its weights file cut short, as by a full disk or an interrupted copy."""
+    edited_checkpoint(source, directory)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return directory
+
+
+def edited(**edits) -> Callable[[Path, Path], Path]:
+    """`edited_checkpoint` with `edits`, to be given a source and a directory."""
+    return lambda source, directory: edited_checkpoint(source, directory, **edits)
+
+
+@pytest.mark.parametrize(
+    ("make_copy", "message"),
+    [
+        (truncated_checkpoint, "its weights file is damaged (Error while deserializing header"),
+        (
+            edited(config=lambda c: c["decoder_config"].update(intermediate_size=48)),
+            "has shape [32, 64] in the checkpoint but [32, 48] in the model",
+        ),
+        (edited(config=lambda c: c["encoder_config"].update(hidden_size=-32)), "`encoder_config.hidden_size` must be"),
+        (edited(config=lambda c: c.update(diffusion_block_size=-1)), "`diffusion_block_size` must be >= 0"),
+        (edited(config=lambda c: c.update(patching_threshold=math.nan)), "`patching_threshold` must be a finite"),
+        (edited(config=lambda c: c.update(patching_threshold=-1.0)), "`patching_threshold` must be a finite"),
+        (edited(config=lambda c: c.pop("patching_threshold")), "must give `patching_threshold`"),
+        (
+            edited(config=lambda c: c["global_config"].update(num_hidden_layers=0)),
+            "`global_config.num_hidden_layers` must be a positive integer, got 0",
+        ),
+        (
+            edited(weights=lambda weights: {f"renamed.{name}": tensor for name, tensor in weights.items()}),
+            "it lacks lm_head.weight, ",
+        ),
+    ],
+    ids=[
+        "truncated-weights",
+        "other-shape",
+        "negative-hidden-size",
+        "negative-block-size",
+        "nan-threshold",
+        "negative-threshold",
+        "no-threshold",
+        "no-global-layers",
+        "renamed-weights",
+    ],
+)
+def test_a_checkpoint_that_does_not_load_is_a_one_line_error(capsys, tmp_path, diffusion_dir, make_copy, message):
+    directory = make_copy(diffusion_dir, tmp_path / "checkpoint")
+
+    status, out, err = run(capsys, "generate", PROMPT, "--model", str(directory), "--max-new-tokens", "4")
+
+    assert_one_error_line(status, out, err, f"cannot load a model from {directory}: ")
+    assert message in err
+
+
+class FailingStdout(io.StringIO):
+    """A stdout whose writes fail, as they do into a pipe whose reader left or onto a full disk."""
+
+    def __init__(self, error: OSError):
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
+def test_a_reader_that_leaves_ends_the_command_quietly(capsys, monkeypatch, diffusion_dir, stream):
+    """`blt-diffusion generate ... | head -c 10`: status 141, as for a command stopped by SIGPIPE, and no traceback."""
+    monkeypatch.setattr(sys, "stdout", FailingStdout(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+
+    status, _, err = run(capsys, "generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "4", *stream)
+
+    assert status == 141 and err == ""
+
+
+def test_a_full_stdout_is_a_one_line_error(capsys, monkeypatch, diffusion_dir):
+    """`blt-diffusion generate ... > /dev/full`."""
+    monkeypatch.setattr(sys, "stdout", FailingStdout(OSError(errno.ENOSPC, "No space left on device")))
+
+    status, _, err = run(capsys, "generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "4")
+
+    assert_one_error_line(status, "", err, "No space left on device")
+
+
+def test_ctrl_c_is_one_line_with_status_130(capsys, monkeypatch, diffusion_dir):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BltDiffusionForCausalLM, "generate", interrupted)
+
+    status, out, err = run_catching_interrupts(capsys, "generate", PROMPT, "--model", str(diffusion_dir))
+
+    assert (status, out, err) == (130, "", "blt-diffusion: interrupted\n")
+
+
+def test_help_gives_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+
+    assert "0 on success; 2 on an error" in help_text
+    assert "130 when interrupted (Ctrl-C); 141 when the reader of stdout leaves early" in help_text
+
+
 # --- train
 
 
@@ -630,6 +754,61 @@ def test_convert_errors_are_one_line_with_status_2(capsys, tmp_path, stock_dir, 
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("blt-diffusion: error: ") and message in last_line, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected_status", "expected_line"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            2,
+            "blt-diffusion: error: cannot write {output_dir}: No space left on device",
+        ),
+        (KeyboardInterrupt(), 130, "blt-diffusion: interrupted"),
+    ],
+    ids=["full-disk", "ctrl-c"],
+)
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "empty-output"])
+def test_a_failed_conversion_leaves_no_output(
+    capsys, monkeypatch, tmp_path, stock_dir, failure, expected_status, expected_line, existing
+):
+    output_dir = tmp_path / "parent" / "converted"
+    if existing:
+        output_dir.mkdir(parents=True)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    # The weights and the config are written by then.
+    monkeypatch.setattr(BltDiffusionTokenizer, "save_pretrained", fail)
+    status, out, err = run_catching_interrupts(capsys, "convert", str(stock_dir), str(output_dir), "--block-size", "8")
+
+    assert (status, out, err) == (expected_status, "", expected_line.format(output_dir=output_dir) + "\n")
+    # No partial output, under its name or another: an empty directory that was there stays.
+    assert [path.name for path in output_dir.parent.iterdir()] == (["converted"] if existing else [])
+    assert not existing or not any(output_dir.iterdir())
+
+
+def test_convert_refuses_a_directory_that_is_not_empty(capsys, tmp_path, stock_dir):
+    output_dir = tmp_path / "converted"
+    output_dir.mkdir()
+    (output_dir / "notes.txt").write_text("mine")
+
+    status, out, err = run(capsys, "convert", str(stock_dir), str(output_dir))
+
+    assert_one_error_line(status, out, err, f"{output_dir} already exists and is not an empty directory")
+    assert [path.name for path in output_dir.iterdir()] == ["notes.txt"]
+
+
+def test_convert_into_an_empty_directory(capsys, tmp_path, stock_dir):
+    output_dir = tmp_path / "converted"
+    output_dir.mkdir()
+
+    status, _, err = run(capsys, "convert", str(stock_dir), str(output_dir))
+
+    assert status == 0 and err == ""
+    assert BltDiffusionForCausalLM.from_pretrained(output_dir).config.model_type == "blt_diffusion"
+    assert [path.name for path in tmp_path.iterdir()] == ["converted"]
 
 
 def test_console_script_is_installed():

@@ -11,6 +11,8 @@ blt-diffusion convert path/to/stock_blt path/to/ours --block-size 8
 import argparse
 import contextlib
 import logging
+import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import BltConfig, PreTrainedConfig, TextStreamer, TrainingArguments, set_seed
 from transformers.utils import CONFIG_NAME
 from transformers.utils import logging as hf_logging
@@ -35,16 +39,17 @@ PROG = "blt-diffusion"
 USAGE_ERROR = 2
 # `train`: the exit status of a run stopped by a non-finite loss, gradient or weight.
 TRAINING_DIVERGED = 1
-# Weights that a checkpoint may lack: BLT-D's masked-byte embedding (a table, or the encoder's mask embedding), new
-# when a BLT becomes a BLT-D model.
-NEW_PARAMETER_PREFIXES = ("model.diffusion_embed_tokens.", "model.diffusion_mask_embedding.")
+# As a shell reports a command stopped by a signal: 128 + SIGINT (Ctrl-C), 128 + SIGPIPE (the reader of stdout left).
+INTERRUPTED = 130
+OUTPUT_CLOSED = 141
 # `train`: the `TrainingRecipe` fields of which at most one may be given, a new model or a checkpoint.
 EXCLUSIVE_RECIPE_FIELDS = ("model_size", "init_from")
 
 GENERATE_DESCRIPTION = """\
 Generate bytes after PROMPT (or the contents of --prompt-file) and write the prompt followed by the generated text to
 stdout, then a newline. Special tokens such as end-of-sequence are not written, and bytes that do not form valid
-UTF-8 are written as U+FFFD. Notices, --stats and errors go to stderr; errors exit with status 2."""
+UTF-8 are written as U+FFFD. Notices, --stats and errors go to stderr; errors exit with status 2. When the reader
+of stdout leaves early (`| head -c 10`), the command stops quietly with status 141."""
 
 TRAIN_DESCRIPTION = """\
 Train a new BLT-D model (--config), or fine-tune a checkpoint (--init-from), on text files, then measure its bits per
@@ -70,7 +75,14 @@ CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
 config becomes model type "blt_diffusion", and the tokenizer and modeling code are saved with it, so that the folder
 also loads with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) where this package is not
-installed."""
+installed. OUTPUT_DIR must be new or an empty directory; it appears only once complete, so a failed conversion (a
+full disk, Ctrl-C) leaves no part of it."""
+
+
+EXIT_STATUS_HELP = f"""\
+Exit status: 0 on success; {TRAINING_DIVERGED} when training diverges (`train`); {USAGE_ERROR} on an error (a bad
+option, a model that does not load, a full disk), with a one-line message on stderr; {INTERRUPTED} when interrupted (Ctrl-C); {OUTPUT_CLOSED} when the reader of stdout leaves
+early (`| head`), which stops the command quietly."""
 
 
 class CliError(Exception):
@@ -81,15 +93,49 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `blt-diffusion` command line on `argv` (default: `sys.argv[1:]`) and return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        # Here rather than at exit, where a reader that left would make the interpreter print a traceback.
+        sys.stdout.flush()
+        return status
     except CliError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return report(f"error: {error}", USAGE_ERROR)
+    except BrokenPipeError:
+        # The reader of stdout left (`| head`): stop quietly, as `cat` does.
+        discard_stdout()
+        return OUTPUT_CLOSED
+    except KeyboardInterrupt:
+        return report("interrupted", INTERRUPTED)
+    except OSError as error:
+        # The system refused (a full disk, a permission): not a bug of ours, so no traceback. Stdout may be what
+        # failed (`> /dev/full`), and must not fail again at exit.
+        discard_stdout()
+        return report(f"error: {one_line(error)}", USAGE_ERROR)
+
+
+def report(message: str, status: int) -> int:
+    """Write `message` to stderr as the command's one line, and return `status`."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return status
+
+
+def discard_stdout() -> None:
+    """Send what is left of stdout to /dev/null: the interpreter flushes stdout at exit, and writing to a pipe whose
+    reader left would print a traceback."""
+    try:
+        stdout_fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        # Not a file (stdout replaced, as in tests): nothing is flushed to a pipe at exit.
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stdout_fd)
+    os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, one sub-parser per command."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Byte Latent Transformer (BLT, BLT-D, BLT-S) tools.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Byte Latent Transformer (BLT, BLT-D, BLT-S) tools.", epilog=EXIT_STATUS_HELP
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_generate_command(commands)
@@ -398,15 +444,15 @@ class Checkpoint:
     model: BltDiffusionForCausalLM
     # As saved: "blt" for a stock BLT checkpoint, converted on load.
     saved_model_type: str
-    # Weights the directory lacked, freshly initialised.
+    # Weights the directory lacked, freshly initialised: only BLT-D's masked-byte embedding may be missing.
     new_parameters: list[str]
 
 
 def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
     """The BLT or BLT-D model in directory `path`, with `config_overrides` (e.g. `diffusion_block_size`) applied.
 
-    Only BLT-D's masked-byte embedding may be missing from the directory: `from_pretrained` would initialise any
-    other missing weight at random with just a warning, and run a model that looks loaded but writes noise.
+    A directory that does not hold a valid config and its weights (`BltDiffusionForCausalLM.from_pretrained` refuses
+    missing, unexpected and mismatched weights) is a `CliError` of one line.
     """
     if not Path(path).is_dir():
         raise CliError(f"model directory not found: {path}")
@@ -419,17 +465,28 @@ def load_checkpoint(path: str, **config_overrides) -> Checkpoint:
                 f"cannot load a model from {path}: its model type is {saved_model_type!r}, not "
                 f"{BltConfig.model_type!r} or {BltDiffusionConfig.model_type!r}"
             )
-        model, loading_info = BltDiffusionForCausalLM.from_pretrained(
-            path, output_loading_info=True, **config_overrides
-        )
-    except (OSError, ValueError) as error:
+        # The error says what does not match; transformers' table of weights would only add lines to it.
+        with transformers_errors_only():
+            model, loading_info = BltDiffusionForCausalLM.from_pretrained(
+                path, output_loading_info=True, **config_overrides
+            )
+    except SafetensorError as error:
+        raise CliError(f"cannot load a model from {path}: its weights file is damaged ({one_line(error)})") from error
+    # `StrictDataclassError`: a config field of the wrong type.
+    except (OSError, ValueError, StrictDataclassError) as error:
         raise CliError(f"cannot load a model from {path}: {one_line(error)}") from error
-    missing = sorted(loading_info["missing_keys"])
-    lacking = [name for name in missing if not name.startswith(NEW_PARAMETER_PREFIXES)]
-    if lacking:
-        others = f" and {len(lacking) - 1} other weights" if len(lacking) > 1 else ""
-        raise CliError(f"cannot load a model from {path}: it lacks {lacking[0]}{others}")
-    return Checkpoint(model.eval(), saved_model_type, missing)
+    return Checkpoint(model.eval(), saved_model_type, sorted(loading_info["missing_keys"]))
+
+
+@contextlib.contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """Silence transformers' warnings inside the block."""
+    previous_verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous_verbosity)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
@@ -561,9 +618,19 @@ def progress_messages() -> Iterator[None]:
 
 def run_convert(args: argparse.Namespace) -> int:
     """The `convert` command."""
+    # Stderr carries only errors, not transformers' loading and saving bars.
+    hf_logging.disable_progress_bar()
+    output_dir = Path(args.output)
+    # Checked before the model loads, and again when the output is moved into place.
+    if output_dir.exists() and not is_empty_dir(output_dir):
+        raise CliError(f"{output_dir} already exists and is not an empty directory: choose another OUTPUT_DIR")
     checkpoint = load_checkpoint(args.source, diffusion_block_size=args.block_size)
-    checkpoint.model.save_pretrained(args.output)
-    BltDiffusionTokenizer().save_pretrained(args.output)
+    try:
+        with staged_directory(output_dir) as staging_dir:
+            checkpoint.model.save_pretrained(staging_dir)
+            BltDiffusionTokenizer().save_pretrained(staging_dir)
+    except OSError as error:
+        raise CliError(f"cannot write {output_dir}: {error.strerror or one_line(error)}") from error
     print(f"read {args.source}: a {checkpoint.saved_model_type!r} checkpoint")
     print(
         f"wrote {args.output}: a {BltDiffusionConfig.model_type!r} checkpoint with its tokenizer and modeling code "
@@ -580,6 +647,29 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         print(f"diffusion block size {args.block_size}: the masked-byte embedding is kept from {args.source}")
     return 0
+
+
+def is_empty_dir(path: Path) -> bool:
+    """Whether `path` is a directory without entries."""
+    return path.is_dir() and not any(path.iterdir())
+
+
+@contextlib.contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """A new directory beside `path` to write into, moved to `path` (which must not exist, or be an empty directory)
+    when the block completes, and removed if it fails: `path` never holds a partial output that looks complete."""
+    # Resolved, so that `.` or `out/..` have a name and a parent.
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging_dir = path.parent / f".{path.name}.partial-{os.getpid()}"
+    staging_dir.mkdir()
+    try:
+        yield staging_dir
+        # Atomic; an empty directory at `path` is replaced, a non-empty one is an error.
+        staging_dir.replace(path)
+    except BaseException:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
 
 
 def one_line(error: Exception) -> str:
