@@ -511,7 +511,7 @@ def test_help_gives_the_exit_statuses(capsys):
         cli.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
 
-    assert "0 on success; 2 on an error" in help_text
+    assert "0 on success; 1 when training diverges (`train`); 2 on an error" in help_text
     assert "130 when interrupted (Ctrl-C); 141 when the reader of stdout leaves early" in help_text
 
 
