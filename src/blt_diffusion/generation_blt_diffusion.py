@@ -24,6 +24,7 @@ from .strategies_blt_diffusion import (
     UNMASKING_RULES,
     AutoregressiveDecoding,
     GenerationState,
+    RowwiseLogitsProcessors,
 )
 
 # The byte budget of the generation config a model gets from its model config.
@@ -221,7 +222,9 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             inputs / input_ids (`torch.LongTensor` of shape `(batch, prompt)`, *optional*): prompts, left-padded in a
                 batch. Missing or empty: generation starts from BOS.
             generation_config (`GenerationConfig`, *optional*): defaults to `model.generation_config`.
-            logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies.
+            logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies. Like those,
+                called with the batch's histories, or with one row's when rows hold different numbers of bytes, and
+                once per position of a drafted or diffused block.
             stopping_criteria (`StoppingCriteriaList`, *optional*): added to max length, EOS and stop strings.
             streamer (`BaseStreamer`, *optional*): receives the prompt, then committed bytes, then `end()`.
             tokenizer (*optional*): needed for `stop_strings`.
@@ -250,14 +253,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         generation_config.max_length = input_ids.shape[1] + max_new_tokens
         generation_config.max_new_tokens = max_new_tokens
         self._prepare_special_tokens(generation_config, True, device=input_ids.device)
-        processors = self._get_logits_processor(
-            generation_config=generation_config,
-            input_ids_seq_length=input_ids.shape[1],
-            encoder_input_ids=input_ids,
-            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
-            device=input_ids.device,
-            model_kwargs=model_kwargs,
-        )
+        processors = self._rowwise_logits_processors(generation_config, input_ids, attention_mask, logits_processor)
         criteria = self._per_row_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
@@ -296,6 +292,30 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,
             cache=strategy.cache,
         )
+
+    def _rowwise_logits_processors(
+        self,
+        generation_config: BltDiffusionGenerationConfig,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_processor: LogitsProcessorList | None,
+    ) -> RowwiseLogitsProcessors:
+        """Transformers' processors for the prompts (batch, prompt) and their left padding, the caller's added, built
+        for the whole batch and for any row alone: each row alone gets its own prompt and padding as the state of
+        processors that keep some (the repetition penalties, the encoder n-gram ban)."""
+        caller_processors = logits_processor if logits_processor is not None else LogitsProcessorList()
+
+        def build(rows: slice) -> LogitsProcessorList:
+            return self._get_logits_processor(
+                generation_config=generation_config,
+                input_ids_seq_length=input_ids.shape[1],
+                encoder_input_ids=input_ids[rows],
+                logits_processor=caller_processors,
+                device=input_ids.device,
+                model_kwargs={"attention_mask": attention_mask[rows]},
+            )
+
+        return RowwiseLogitsProcessors(build(slice(None)), lambda row: build(slice(row, row + 1)))
 
     def _per_row_stopping_criteria(
         self,
