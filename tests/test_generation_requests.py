@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import EOS, PAD, left_pad, spread_prompts, text_ids
-from transformers import LogitsProcessor, WatermarkingConfig
+from conftest import BOS, EOS, PAD, left_pad, spread_prompts, text_ids
+from transformers import LogitsProcessor, SynthIDTextWatermarkingConfig, WatermarkingConfig
 
 from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 
@@ -126,6 +126,81 @@ def test_diffusion_processes_each_cell_as_the_byte_at_its_position(diffusion_mod
     )
     new = output[0, 1:].tolist()
     assert new[0] == forced and new[-1] == EOS and new[1:-1] != [forced] * 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(guidance_scale=1.5), "guidance_scale"),
+        (dict(token_healing=True), "token_healing"),
+        (dict(num_beams=2), "num_beams"),
+        (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha"),
+        (dict(dola_layers="low"), "dola_layers"),
+        (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
+        (
+            dict(
+                decoding="self_speculative",
+                do_sample=True,
+                watermarking_config=SynthIDTextWatermarkingConfig(keys=[1, 2], ngram_len=2),
+            ),
+            "watermarking_config",
+        ),
+    ],
+)
+def test_requests_no_strategy_honours_are_refused_by_name(diffusion_model, kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        diffusion_model.generate(text_ids("Hi"), max_new_tokens=4, **kwargs)
+
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(max_new_tokens=5.5), TypeError, "max_new_tokens"),
+        (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+        (dict(max_new_tokens=None, max_length=None), ValueError, "max_new_tokens"),
+        (dict(max_new_tokens=None, max_length=9.5), TypeError, "max_length"),
+        (dict(decoding="diffusion", block_size=2.5), TypeError, "block_size"),
+        (dict(decoding="self_speculative", draft_length=None), TypeError, "draft_length"),
+        (dict(decoding="diffusion", confidence_threshold=None), TypeError, "confidence_threshold"),
+        (dict(decoding="diffusion", unmasking="entropy_bound", entropy_bound=NAN), ValueError, "entropy_bound"),
+        (dict(pad_token_id=None), ValueError, "pad_token_id"),
+        (dict(pad_token_id=2.0), TypeError, "pad_token_id"),
+        (dict(pad_token_id=260), ValueError, "pad_token_id"),
+        (dict(eos_token_id=-1), ValueError, "eos_token_id"),
+        (dict(eos_token_id=[EOS, 260]), ValueError, "eos_token_id"),
+        (dict(bos_token_id=-1), ValueError, "bos_token_id"),
+        (dict(forced_eos_token_id=260), ValueError, "forced_eos_token_id"),
+        (dict(suppress_tokens=[1000]), ValueError, "suppress_tokens"),
+        (dict(num_return_sequences=2.0, do_sample=True), TypeError, "num_return_sequences"),
+        (dict(repetition_penalty=2), TypeError, "repetition_penalty"),
+        (dict(encoder_repetition_penalty=NAN), ValueError, "encoder_repetition_penalty"),
+        (dict(do_sample=True, temperature=NAN), ValueError, "temperature"),
+        (dict(do_sample=True, top_p=0.0), ValueError, "top_p"),
+        (dict(do_sample=True, top_p=NAN), ValueError, "top_p"),
+        (dict(do_sample=True, top_p=1.5), ValueError, "top_p"),
+        (dict(do_sample=True, typical_p=NAN), ValueError, "typical_p"),
+        (dict(do_sample=True, epsilon_cutoff=1.5), ValueError, "epsilon_cutoff"),
+        (dict(stop_strings=[""]), ValueError, "stop_strings"),
+    ],
+)
+def test_arguments_of_the_wrong_type_or_value_are_refused_by_name(diffusion_model, kwargs, error, name):
+    kwargs.setdefault("max_new_tokens", 4)
+    with pytest.raises(error, match=f"`{name}`"):
+        diffusion_model.generate(text_ids("Hi"), **kwargs)
+
+
+@pytest.mark.parametrize("prompt", [[[BOS, 10, 11]], [BOS, 10, 11]])
+def test_a_prompt_that_is_not_a_tensor_is_refused_by_name(diffusion_model, prompt):
+    with pytest.raises(TypeError, match="`input_ids`.*torch.Tensor"):
+        diffusion_model.generate(prompt, max_new_tokens=4)
+
+
+def test_an_empty_prompt_without_a_bos_id_is_refused_by_name(diffusion_model):
+    with pytest.raises(ValueError, match="`bos_token_id`"):
+        diffusion_model.generate(torch.empty(1, 0, dtype=torch.long), max_new_tokens=4, bos_token_id=None)
 
 
 def test_padding_stands_for_cells_still_masked(diffusion_model):

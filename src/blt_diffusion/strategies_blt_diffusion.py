@@ -8,6 +8,8 @@ with one interface (`UnmaskingRule`). Strategies talk to the model only through 
 (`append_bytes`, `draft_logits`, `open_block`, `block_logits`).
 """
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -34,13 +36,34 @@ if TYPE_CHECKING:
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
 
 
+def check_integer(name: str, value, minimum: int) -> None:
+    """Raise a TypeError naming `name` unless `value` is an integer (not a bool, a float or None), and a ValueError
+    unless it is at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+
+
+def check_real(name: str, value, low: float, high: float, open_low: bool = False, open_high: bool = False) -> None:
+    """Raise a TypeError naming `name` unless `value` is a real number, and a ValueError unless it lies between `low`
+    and `high` (each end excluded when `open_low` / `open_high`); NaN lies nowhere."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    above_low = value > low if open_low else value >= low
+    below_high = value < high if open_high else value <= high
+    if not (above_low and below_high):
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value}.")
+
+
 @dataclass(frozen=True)
 class StrategyOption:
     """A field of `BltDiffusionGenerationConfig` that decoding strategies read, described once for every place that
     offers it: the config's default, and the command line's flag (`--` + the name with dashes), metavar and help.
 
-    `type` is `int` for counts of bytes (at least 1), `float` or `str`. `default_help` says what a default of None
-    stands for.
+    `type` is `int` for counts of bytes (at least 1), `float` (within `bounds`) or `str`. `default_help` says what a
+    default of None stands for; options with another default cannot be None.
     """
 
     name: str
@@ -49,6 +72,7 @@ class StrategyOption:
     metavar: str
     help: str
     default_help: str | None = None
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def flag(self) -> str:
@@ -57,6 +81,17 @@ class StrategyOption:
     @property
     def described_default(self) -> str:
         return self.default_help if self.default is None else str(self.default)
+
+    def check(self, value) -> None:
+        """Raise a TypeError or ValueError naming this option unless `value` is one it accepts."""
+        if value is None and self.default is None:
+            return
+        if self.type is int:
+            check_integer(self.name, value, minimum=1)
+        elif self.type is float:
+            check_real(self.name, value, *self.bounds)
+        elif not isinstance(value, str):
+            raise TypeError(f"`{self.name}` must be a string, got {value!r} ({type(value).__name__}).")
 
 
 BLOCK_SIZE = StrategyOption(
@@ -68,7 +103,12 @@ BLOCK_SIZE = StrategyOption(
     default_help="the trained block size",
 )
 CONFIDENCE_THRESHOLD = StrategyOption(
-    "confidence_threshold", float, 0.7, "P", "confidence rule: commit every byte more likely than P, at least one"
+    "confidence_threshold",
+    float,
+    0.7,
+    "P",
+    "confidence rule: commit every byte more likely than P, at least one",
+    bounds=(0.0, 1.0),
 )
 ENTROPY_BOUND = StrategyOption(
     "entropy_bound",
@@ -76,6 +116,7 @@ ENTROPY_BOUND = StrategyOption(
     1.0,
     "NATS",
     "entropy_bound rule: commit the surest bytes while their summed entropy stays within NATS, at least one",
+    bounds=(0.0, math.inf),
 )
 DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
 
