@@ -408,7 +408,8 @@ class GenerationState:
         if not processors:
             return logits
         if not processors.reads_history:
-            # One call for every position: a block of cells costs one call per denoising step, as a single byte.
+            # They read no ids (any rows do): one call covers every position, so a block of cells costs one call per
+            # denoising step, as a single byte does.
             history = self.sequences[:, : self.prompt_length].repeat_interleave(logits.shape[1], dim=0)
             return apply_processors(processors.batch, history, logits.flatten(0, 1)).view_as(logits)
         positions = range(logits.shape[1])
