@@ -15,6 +15,7 @@ from collections.abc import Sequence  # noqa: E402
 import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from transformers import BltForCausalLM  # noqa: E402
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM  # noqa: E402
@@ -24,6 +25,12 @@ from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config  #
 torch.set_num_threads(1)
 
 BOS, EOS, PAD = 1, 2, 3
+
+# Property-based tests draw the same few examples per test case on every run: a fixed CPU cost and no flaky suite.
+# `HYPOTHESIS_PROFILE=explore` draws twenty times as many new ones, to look for failures.
+settings.register_profile("explore", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fixed", settings.get_profile("explore"), max_examples=5, derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 
 def text_ids(text: str, bos: bool = True) -> torch.Tensor:
