@@ -81,8 +81,8 @@ full disk, Ctrl-C) leaves no part of it."""
 
 EXIT_STATUS_HELP = f"""\
 Exit status: 0 on success; {TRAINING_DIVERGED} when training diverges (`train`); {USAGE_ERROR} on an error (a bad
-option, a model that does not load, a full disk), with a one-line message on stderr; {INTERRUPTED} when interrupted (Ctrl-C); {OUTPUT_CLOSED} when the reader of stdout leaves
-early (`| head`), which stops the command quietly."""
+option, a model that does not load, a full disk), with a one-line message on stderr; {INTERRUPTED} when interrupted
+(Ctrl-C); {OUTPUT_CLOSED} when the reader of stdout leaves early (`| head`), which stops the command quietly."""
 
 
 class CliError(Exception):
