@@ -712,6 +712,12 @@ def test_user_data_holds_out_files_by_a_stable_hash_of_their_relative_path(tmp_p
     assert split_text_files(chosen)["heldout"] == [many_splits["heldout"][0]]
     with pytest.raises(ValueError, match="at least two files"):
         split_text_files([corpus / "alpha.txt"])
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    for index in range(3):
+        (binary / f"{index}.bin").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"found 0 \(3 more were skipped as not valid UTF-8 text\)"):
+        split_text_files([binary])
 
 
 # --- convert

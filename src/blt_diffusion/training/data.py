@@ -12,7 +12,7 @@ import hashlib
 import lzma
 import math
 import sysconfig
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -104,15 +104,24 @@ def text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None = Non
         if path.is_file():
             files.add(path)
         elif path.is_dir():
-            for candidate in path.rglob("*"):
-                hidden = any(part.startswith(".") for part in candidate.relative_to(path).parts)
-                if hidden or not candidate.is_file() or (suffixes is not None and candidate.suffix not in suffixes):
-                    continue
-                if is_utf8(candidate):
-                    files.add(candidate)
+            files.update(candidate for candidate in directory_entries(path, suffixes) if is_utf8(candidate))
         else:
             raise FileNotFoundError(f"No such file or directory: {path}")
     return sorted(files)
+
+
+def directory_entries(directory: Path, suffixes: Sequence[str] | None = None) -> Iterator[Path]:
+    """The files under `directory` that `text_files` considers, UTF-8 or not: not hidden, with one of `suffixes`."""
+    for candidate in directory.rglob("*"):
+        hidden = any(part.startswith(".") for part in candidate.relative_to(directory).parts)
+        if not hidden and candidate.is_file() and (suffixes is None or candidate.suffix in suffixes):
+            yield candidate
+
+
+def non_utf8_count(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> int:
+    """How many files `text_files` skips under the directories among `paths` because they are not valid UTF-8."""
+    directories = [path for path in map(Path, paths) if path.is_dir()]
+    return sum(not is_utf8(entry) for directory in directories for entry in directory_entries(directory, suffixes))
 
 
 def split_text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> dict[str, list[Path]]:
@@ -133,12 +142,15 @@ def split_text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None
     Raises:
         `ValueError`: fewer than two files, so that none can be held out.
     """
+    paths = list(paths)
     names = {}
     for root in map(Path, paths):
         for path in text_files([root], suffixes):
             names.setdefault(path, (path.relative_to(root) if root.is_dir() else Path(path.name)).as_posix())
     if len(names) < 2:
-        raise ValueError(f"Holding out files needs at least two files, found {len(names)}.")
+        skipped = non_utf8_count(paths, suffixes)
+        because = f" ({skipped} more were skipped as not valid UTF-8 text)" if skipped else ""
+        raise ValueError(f"Holding out files needs at least two files, found {len(names)}{because}.")
     ranked = sorted(names, key=lambda path: (stable_hash(names[path]) % HELDOUT_MODULUS, names[path], path))
     num_heldout = sum(stable_hash(name) % HELDOUT_MODULUS == 0 for name in names.values())
     num_heldout = min(max(num_heldout, 1), len(ranked) - 1)
