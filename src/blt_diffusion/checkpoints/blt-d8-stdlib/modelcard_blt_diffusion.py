@@ -272,10 +272,12 @@ def describe_training(record: dict, steps: int) -> str:
         patching = "keeping the checkpoint's patcher and patching threshold"
     rows = record["rows_per_step"]
     length = record["sequence_length"]
+    seen = steps * rows * length
+    seen_text = f"{seen / 1e6:.1f}M" if seen >= 1e6 else f"{seen:,}"
     return (
         f"{start}: {patching}. Data: {record['data']}. {steps:,} optimizer steps of {rows} x {length} bytes "
-        f"({steps * rows * length / 1e6:.1f}M bytes seen) at peak learning rate {record['learning_rate']:g}, "
-        f"diffusion block size {record['block_size']}."
+        f"({seen_text} bytes seen) at peak learning rate {record['learning_rate']:g}, diffusion block size "
+        f"{record['block_size']}."
     )
 
 
