@@ -12,19 +12,26 @@ plain BLT trained the same way, which shows what the extra diffusion objective c
     python examples/train.py --config small --block-size 16 ... --output-dir runs/bench-blt-d16
     python examples/train.py --config small --block-size 0 ... --output-dir runs/bench-blt-plain
     python benchmarks/bench_diffusion.py --model runs/bench-blt-d16 --baseline runs/bench-blt-plain
+
+`--json runs/bench-blt-d16/decoding_benchmark.json` also stores the figures where the model card reads them (the
+card is written again by `save_pretrained` into a directory without one, or by
+`blt_diffusion.modelcard_blt_diffusion.write_model_card(directory, model, overwrite=True)`).
 """
 
 import argparse
 import platform
+import shlex
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import transformers
 
 from blt_diffusion import BltDiffusionForCausalLM
+from blt_diffusion.modelcard_blt_diffusion import PYTHON_STDLIB, DecodingBenchmark, DecodingResult
 from blt_diffusion.training import heldout_bits_per_byte, pack_byte_sequences, stdlib_source_files
 from blt_diffusion.training.data import evenly_spaced_rows
 
@@ -140,26 +147,36 @@ def run_settings(model, prompts: torch.Tensor, settings: list[Setting], new_byte
         print(f"prompt {prompt_index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
 
 
-def report(settings: list[Setting]) -> str:
-    reference = settings[0]
-    reference_speed = reference.new_bytes / reference.seconds
+def figures(setting: Setting, reference: Setting) -> DecodingResult:
+    """What `setting` cost and how far it agrees with `reference` (autoregressive decoding), over all prompts."""
+    pairs = list(zip(setting.continuations, reference.continuations, strict=True))
+    speed = setting.new_bytes / setting.seconds
+    return DecodingResult(
+        label=setting.label,
+        options=setting.generate_kwargs,
+        decoder_calls_per_byte=setting.decoder_calls / setting.new_bytes,
+        global_calls_per_byte=setting.global_calls / setting.new_bytes,
+        bandwidth_vs_autoregressive=setting.bandwidth_gb / reference.bandwidth_gb,
+        bytes_per_second=speed,
+        speed_vs_autoregressive=speed / (reference.new_bytes / reference.seconds),
+        exact_match=sum(ours == theirs for ours, theirs in pairs) / len(pairs),
+        chrf=sum(chrf(decode_bytes(ours), decode_bytes(theirs)) for ours, theirs in pairs) / len(pairs),
+        acceptance_rate=sum(setting.accepted_share) / len(setting.accepted_share) if setting.accepted_share else None,
+    )
+
+
+def report(results: list[DecodingResult]) -> str:
     lines = [
         "| decoding | decoder calls / byte | enc+global calls / byte | est. bandwidth vs AR | bytes/s | speed vs AR "
         "| exact match with AR | chrF vs AR | acceptance |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for setting in settings:
-        pairs = list(zip(setting.continuations, reference.continuations, strict=True))
-        exact = sum(ours == theirs for ours, theirs in pairs) / len(pairs)
-        score = sum(chrf(decode_bytes(ours), decode_bytes(theirs)) for ours, theirs in pairs) / len(pairs)
-        speed = setting.new_bytes / setting.seconds
-        acceptance = (
-            f"{sum(setting.accepted_share) / len(setting.accepted_share):.1%}" if setting.accepted_share else "-"
-        )
+    for result in results:
+        acceptance = f"{result.acceptance_rate:.1%}" if result.acceptance_rate is not None else "-"
         lines.append(
-            f"| {setting.label} | {setting.decoder_calls / setting.new_bytes:.3f} | "
-            f"{setting.global_calls / setting.new_bytes:.3f} | {setting.bandwidth_gb / reference.bandwidth_gb:.1%} | "
-            f"{speed:.0f} | {speed / reference_speed:.2f}x | {exact:.0%} | {score:.1f} | {acceptance} |"
+            f"| {result.label} | {result.decoder_calls_per_byte:.3f} | {result.global_calls_per_byte:.3f} | "
+            f"{result.bandwidth_vs_autoregressive:.1%} | {result.bytes_per_second:.0f} | "
+            f"{result.speed_vs_autoregressive:.2f}x | {result.exact_match:.0%} | {result.chrf:.1f} | {acceptance} |"
         )
     return "\n".join(lines)
 
@@ -182,6 +199,13 @@ def main() -> None:
     )
     parser.add_argument("--eval-rows", type=int, default=64, help="held-out rows (256 bytes) for bits per byte")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the figures to FILE; as decoding_benchmark.json in a checkpoint directory, the model card "
+        "lists them",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -223,9 +247,21 @@ def main() -> None:
         "bytes, batch 1:"
     )
     print()
-    print(report(settings))
+    results = [figures(setting, settings[0]) for setting in settings]
+    print(report(results))
     print()
     print(f"Total generation time: {sum(setting.seconds for setting in settings):.0f} s")
+    if args.json is not None:
+        benchmark = DecodingBenchmark(
+            setup=f"Greedy generation of {args.new_bytes} bytes after each of {len(prompts)} held-out "
+            f"{args.prompt_bytes}-byte prompts, batch 1, {args.threads} CPU thread(s), every setting side by side in "
+            f"one process ({platform.machine()}, torch {torch.__version__}).",
+            command="python benchmarks/bench_diffusion.py " + shlex.join(sys.argv[1:]),
+            data="the held-out modules of the Python standard library",
+            dataset_type=PYTHON_STDLIB,
+            results=results,
+        )
+        benchmark.save(args.json)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,20 @@ Training with block size 16 first, then 8, is how the shipped model happened to 
 model of `benchmarks/README.md`); a fresh run may as well use `--block-size 8` throughout. The shipped model's first
 stage stopped at step 418 of 450 on its 22-minute limit; without time limits, as here, the stages run every step.
 Finally the model is exported with `blt_diffusion.default_model.export_compact` to `--output-dir` (default: the
-package's `DEFAULT_MODEL_DIR`, whose model card `README.md` is kept).
+package's `DEFAULT_MODEL_DIR`), with the last stage's held-out evaluation (`eval_results.json`) for its model card.
+The card's decoding table needs `benchmarks/bench_diffusion.py --model DIR ... --json DIR/decoding_benchmark.json`,
+then `python scripts/export_default_model.py` (for the package's directory) to write the card again.
 """
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
 from blt_diffusion import DEFAULT_MODEL_DIR, cli
 from blt_diffusion.default_model import export_compact
+from blt_diffusion.modelcard_blt_diffusion import DECODING_BENCHMARK_NAME, EVAL_RESULTS_NAME
 from blt_diffusion.training import TrainingRecipe, training_arguments
 from blt_diffusion.training.pipeline import RESULTS_FILE, last_checkpoint
 
@@ -65,6 +69,11 @@ def main() -> int:
             if status:
                 return status
         previous = stage_dir
+    # The card takes its figures from the output directory: this run's held-out evaluation, and no decoding benchmark
+    # until one is measured for this model.
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(previous / EVAL_RESULTS_NAME, args.output_dir / EVAL_RESULTS_NAME)
+    (args.output_dir / DECODING_BENCHMARK_NAME).unlink(missing_ok=True)
     export_compact(cli.load_checkpoint(str(previous)).model, args.output_dir)
     print(f"exported {previous} to {args.output_dir}")
     return 0

@@ -3,18 +3,21 @@
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util  # noqa: E402
 import textwrap  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
+from huggingface_hub import HfApi, ModelCard  # noqa: E402
+from huggingface_hub.errors import EntryNotFoundError  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from transformers import BltForCausalLM  # noqa: E402
 
@@ -25,6 +28,7 @@ from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config  #
 torch.set_num_threads(1)
 
 BOS, EOS, PAD = 1, 2, 3
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 # Property-based tests draw the same few examples per test case on every run: a fixed CPU cost and no flaky suite.
 # `HYPOTHESIS_PROFILE=explore` draws twenty times as many new ones, to look for failures.
@@ -228,6 +232,68 @@ def assert_same_greedy_bytes(
         )
         ties += 1
     assert ties <= max_ties, f"{ties} rows part ways at float ties"
+
+
+class FakeHub:
+    """Stands in for the Hugging Face Hub, offline: records the repos, branches and commits that `HfApi` would create,
+    each commit's files read at once (`push_to_hub` deletes them right after), and answers `ModelCard.load(repo_id)`
+    for a created repo with `card` (None: the repo has no card)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, card: str | None = None):
+        self.card = card
+        self.repos: list[dict] = []
+        self.branches: list[dict] = []
+        self.commits: list[dict] = []
+        self.load_file_card = ModelCard.load
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kwargs: self.create_repo(repo_id, **kwargs))
+        monkeypatch.setattr(HfApi, "create_branch", lambda api, repo_id, **kwargs: self.branches.append(kwargs))
+        monkeypatch.setattr(
+            HfApi,
+            "create_commit",
+            lambda api, repo_id, operations, **kwargs: self.commit(repo_id, operations, **kwargs),
+        )
+        monkeypatch.setattr(ModelCard, "load", classmethod(lambda cls, name, *args, **kwargs: self.load_card(name)))
+        monkeypatch.setattr("blt_diffusion.hub.get_token", lambda: "hf_test_token")
+
+    @property
+    def repo_ids(self) -> set[str]:
+        return {repo["repo_id"] for repo in self.repos}
+
+    def create_repo(self, repo_id: str, **kwargs) -> SimpleNamespace:
+        self.repos.append({"repo_id": repo_id, **kwargs})
+        return SimpleNamespace(repo_id=repo_id)
+
+    def commit(self, repo_id: str, operations, **kwargs) -> SimpleNamespace:
+        files = {}
+        for operation in operations:
+            with operation.as_file() as file:
+                files[operation.path_in_repo] = file.read()
+        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
+
+    def load_card(self, name: str | Path) -> ModelCard:
+        """The card of a created repo, or of a local file."""
+        if str(name) not in self.repo_ids:
+            return self.load_file_card(name, ignore_metadata_errors=True)
+        if self.card is None:
+            raise EntryNotFoundError(f"{name} has no README.md")
+        return ModelCard(self.card)
+
+
+def materialise(files: dict[str, bytes], directory: Path) -> Path:
+    """Write a commit's files (`FakeHub.commits[i]["files"]`) to `directory` as a clone of the repo holds them."""
+    for path_in_repo, content in files.items():
+        (directory / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
+        (directory / path_in_repo).write_bytes(content)
+    return directory
+
+
+def build_custom_generate(output_dir: Path) -> Path:
+    """The custom_generate repo, built by `scripts/build_custom_generate.py` from the package's current modules."""
+    spec = importlib.util.spec_from_file_location("build_custom_generate", SCRIPTS / "build_custom_generate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.build(output_dir)
 
 
 # With `pytest -n auto --dist loadfile` each file runs on one worker, and the workers take files in this order

@@ -18,10 +18,20 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import build_pair, diffusion_model_from, edited_checkpoint, source_text, text_ids
+from conftest import (
+    FakeHub,
+    build_custom_generate,
+    build_pair,
+    diffusion_model_from,
+    edited_checkpoint,
+    source_text,
+    text_ids,
+)
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
+from blt_diffusion.modelcard_blt_diffusion import REPO_ID_PLACEHOLDER
 from blt_diffusion.random_init import tiny_blt_config
 from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training import FINE_TUNING_SCHEDULE, MODEL_PRESETS, TrainingRecipe, split_text_files
@@ -727,9 +737,15 @@ def test_user_data_holds_out_files_by_a_stable_hash_of_their_relative_path(tmp_p
 def test_convert_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, block_size):
     output_dir = tmp_path / "converted"
 
-    status, out, err = run(capsys, "convert", str(stock_dir), str(output_dir), "--block-size", str(block_size))
+    base_model = ["--base-model", "someone/stock-blt"] if block_size else []
+    argv = ["convert", str(stock_dir), str(output_dir), "--block-size", str(block_size), *base_model]
+
+    status, out, err = run(capsys, *argv)
 
     assert status == 0, err
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.base_model == ("someone/stock-blt" if block_size else None)
+    assert ("masked-byte embedding of block diffusion is new" in card.text) == (block_size > 0)
     assert "a 'blt' checkpoint" in out and "a 'blt_diffusion' checkpoint" in out
     assert ("freshly initialised" in out) == (block_size > 0)
     model = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)
@@ -815,6 +831,99 @@ def test_convert_into_an_empty_directory(capsys, tmp_path, stock_dir):
     assert status == 0 and err == ""
     assert BltDiffusionForCausalLM.from_pretrained(output_dir).config.model_type == "blt_diffusion"
     assert [path.name for path in tmp_path.iterdir()] == ["converted"]
+
+
+# --- push
+
+
+def test_push_uploads_a_checkpoint_in_one_commit(capsys, monkeypatch, tmp_path, diffusion_dir):
+    directory = shutil.copytree(diffusion_dir, tmp_path / "blt-d")
+    # Not part of the repo: caches, compiled modules, the Trainer's intermediate checkpoints.
+    for junk in (".cache/huggingface/download/config.json.metadata", "__pycache__/x.pyc", "checkpoint-2/a.bin"):
+        (directory / junk).parent.mkdir(parents=True)
+        (directory / junk).write_text("junk")
+    fake_hub = FakeHub(monkeypatch)
+
+    argv = ["push", str(directory), "someone/blt-d", "--private", "--revision", "v1", "--commit-message", "First"]
+    status, out, err = run(capsys, *argv)
+
+    assert status == 0, err
+    assert out == f"pushed {directory} to https://huggingface.co/someone/blt-d/commit/0\n"
+    assert fake_hub.repos == [{"repo_id": "someone/blt-d", "private": True, "exist_ok": True}]
+    assert fake_hub.branches == [{"branch": "v1", "exist_ok": True}]
+    (commit,) = fake_hub.commits
+    assert (commit["revision"], commit["commit_message"]) == ("v1", "First")
+    assert set(commit["files"]) == {path.name for path in diffusion_dir.iterdir()}
+    assert commit["files"]["model.safetensors"] == (diffusion_dir / "model.safetensors").read_bytes()
+    card = commit["files"]["README.md"].decode()
+    assert 'from_pretrained("someone/blt-d", trust_remote_code=True)' in card
+    assert REPO_ID_PLACEHOLDER not in card and REPO_ID_PLACEHOLDER in (directory / "README.md").read_text()
+
+
+def test_push_uploads_the_custom_generate_repo(capsys, monkeypatch, tmp_path):
+    directory = build_custom_generate(tmp_path / "custom_generate")
+    fake_hub = FakeHub(monkeypatch)
+
+    status, out, err = run(capsys, "push", str(directory), "someone/blt-fast-decoding")
+
+    assert status == 0, err
+    files = fake_hub.commits[0]["files"]
+    assert {"custom_generate/generate.py", "custom_generate/requirements.txt"} <= set(files)
+    assert "custom_generate/modeling_blt_diffusion.py" in files and "config.json" not in files
+    assert 'custom_generate="someone/blt-fast-decoding"' in files["README.md"].decode()
+
+
+def without(directory: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of `directory` without its file `name`."""
+    copy = shutil.copytree(directory, tmp_path / "incomplete")
+    (copy / name).unlink()
+    return copy
+
+
+def unbuilt_custom_generate(tmp_path: Path) -> Path:
+    """The custom_generate repo without the package's modules beside generate.py."""
+    directory = build_custom_generate(tmp_path / "custom_generate")
+    for module in (directory / "custom_generate").glob("*_blt_diffusion.py"):
+        module.unlink()
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("make_directory", "message"),
+    [
+        (lambda tmp, stock, ours: tmp / "missing", "directory not found"),
+        (
+            lambda tmp, stock, ours: stock,
+            "is not a complete Hub repo: it lacks README.md, AutoConfig in the auto_map of config.json, "
+            "AutoModelForCausalLM in the auto_map of config.json, tokenizer_config.json",
+        ),
+        (lambda tmp, stock, ours: without(ours, tmp, "cache_blt_diffusion.py"), "it lacks cache_blt_diffusion.py"),
+        (
+            lambda tmp, stock, ours: unbuilt_custom_generate(tmp),
+            "it lacks custom_generate/configuration_blt_diffusion.py, custom_generate/modeling_blt_diffusion.py",
+        ),
+    ],
+    ids=["missing", "stock-checkpoint", "module-missing", "custom-generate-unbuilt"],
+)
+def test_push_refuses_an_incomplete_directory(
+    capsys, monkeypatch, tmp_path, stock_dir, diffusion_dir, make_directory, message
+):
+    fake_hub = FakeHub(monkeypatch)
+
+    status, out, err = run(capsys, "push", str(make_directory(tmp_path, stock_dir, diffusion_dir)), "someone/x")
+
+    assert status == 2 and out == "" and not fake_hub.repos
+    assert err.count("\n") == 1 and err.startswith("blt-diffusion: error: ") and message in err, err
+
+
+def test_push_without_a_token_says_how_to_log_in(capsys, monkeypatch, diffusion_dir):
+    fake_hub = FakeHub(monkeypatch)
+    monkeypatch.setattr("blt_diffusion.hub.get_token", lambda: None)
+
+    status, out, err = run(capsys, "push", str(diffusion_dir), "someone/x")
+
+    assert status == 2 and not fake_hub.repos
+    assert err == "blt-diffusion: error: not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN\n"
 
 
 def test_console_script_is_installed():

@@ -2,13 +2,17 @@
 strategy."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import left_pad, text_ids
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+import blt_diffusion
 from blt_diffusion import DEFAULT_MODEL_DIR, BltDiffusionForCausalLM, BltDiffusionTokenizer, load_default_model
+from blt_diffusion.hub import missing_files, repo_files
 from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
 from blt_diffusion.training.data import stdlib_source_files
 
@@ -21,11 +25,25 @@ def default_model() -> BltDiffusionForCausalLM:
     return load_default_model()
 
 
-def test_the_shipped_directory_is_small_and_holds_no_code():
-    files = sorted(path.name for path in DEFAULT_MODEL_DIR.iterdir())
-    card_and_configs = ["README.md", "config.json", "generation_config.json", "tokenizer_config.json"]
-    assert files == sorted([*card_and_configs, "model.safetensors"])
-    assert sum(path.stat().st_size for path in DEFAULT_MODEL_DIR.iterdir()) <= 25 * 2**20
+def test_the_shipped_directory_is_a_complete_hub_repo_within_25_mb():
+    code = {path.name for path in Path(blt_diffusion.__file__).parent.glob("*_blt_diffusion.py")}
+    figures = {"eval_results.json", "decoding_benchmark.json"}
+    card_and_configs = {"README.md", "config.json", "generation_config.json", "tokenizer_config.json"}
+    # An installed copy may also hold the modules' `__pycache__`, which is no part of the repo.
+    files = repo_files(DEFAULT_MODEL_DIR)
+    assert {path.name for path in files} == code | figures | card_and_configs | {"model.safetensors"}
+    assert missing_files(DEFAULT_MODEL_DIR) == []
+    assert sum((DEFAULT_MODEL_DIR / path).stat().st_size for path in files) <= 25_000_000
+
+
+def test_its_card_gives_the_measured_figures():
+    card = ModelCard.load(DEFAULT_MODEL_DIR / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    metrics = {(result.metric_name, result.metric_value) for result in card.data.eval_results}
+    assert ("bits per byte", 1.9793) in metrics
+    assert ("BLT-S k=16: bytes/s vs autoregressive", 1.59) in metrics
+    assert ("BLT-D-8 confidence 0.5: exact match with autoregressive", 0.14) in metrics
+    assert "| gzip -9 on the same bytes, as one stream | 2.776 |" in card.text
 
 
 def test_it_loads_as_a_float32_blt_d_model_with_block_size_8(default_model):

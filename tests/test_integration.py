@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pair, source_text, text_ids
+from conftest import FakeHub, build_custom_generate, build_pair, materialise, source_text, text_ids
+from huggingface_hub import ModelCard
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -23,16 +24,24 @@ from transformers import (
 
 import blt_diffusion
 from blt_diffusion import (
+    DEFAULT_MODEL_DIR,
     BltDiffusionConfig,
     BltDiffusionForCausalLM,
     BltDiffusionGenerationConfig,
     BltDiffusionTokenizer,
+    cli,
+    hub,
 )
 
 PROMPT = "def add(a, b):"
 # Every shipped module: remote code imports them relatively, so each must be copied.
 REMOTE_CODE_FILES = sorted(path.name for path in Path(blt_diffusion.__file__).parent.glob("*_blt_diffusion.py"))
 COST_FIELDS = ("decoder_nfe", "global_nfe", "patcher_nfe", "memory_bandwidth_gb")
+# What transformers' `push_to_hub` uploads as README.md to a repo that has no card (its `create_and_tag_model_card`).
+TRANSFORMERS_PLACEHOLDER = (
+    "---\nlibrary_name: transformers\ntags: []\n---\n\n# Model Card for Model ID\n\nThis is the model card of a 🤗 "
+    "transformers model that has been pushed on the Hub. This model card has been automatically generated.\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +245,105 @@ def test_pipeline_returns_per_row_costs(generator, model):
         assert record["memory_bandwidth_gb"] > 0
 
 
-# --- Remote code (trust_remote_code=True without the package) -------------------------------------------------------
+# --- Hub repos: model cards, push_to_hub, and loading without the package ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory, stock_dir):
+    """The stock checkpoint converted by `blt-diffusion convert`."""
+    directory = tmp_path_factory.mktemp("converted") / "blt-converted"
+    assert cli.main(["convert", str(stock_dir), str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """The output of `blt-diffusion train`: a tiny BLT-D model, two steps on three text files."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    for index in range(3):
+        (corpus / f"text{index}.txt").write_text(source_text(1200, offset=1200 * index), encoding="utf-8")
+    directory = tmp_path_factory.mktemp("trained") / "blt-trained"
+    options = ["--config", "tiny", "--block-size", "4", "--data", str(corpus), "--sequence-length", "64"]
+    options += ["--patcher-steps", "1", "--max-steps", "2", "--batch-size", "2", "--threads", "1"]
+    assert cli.main(["train", "--output-dir", str(directory), *options]) == 0
+    return directory
+
+
+def card_of(directory: Path) -> ModelCard:
+    return ModelCard.load(directory / "README.md")
+
+
+def test_save_pretrained_writes_remote_code_and_a_model_card(saved_dir):
+    package_dir = Path(blt_diffusion.__file__).parent
+    for name in REMOTE_CODE_FILES:
+        assert (saved_dir / name).read_text() == (package_dir / name).read_text(), name
+    config = json.loads((saved_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_blt_diffusion.BltDiffusionConfig",
+        "AutoModelForCausalLM": "modeling_blt_diffusion.BltDiffusionForCausalLM",
+    }
+    tokenizer_config = json.loads((saved_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["auto_map"]["AutoTokenizer"][0] == "tokenization_blt_diffusion.BltDiffusionTokenizer"
+    card = card_of(saved_dir)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license == "apache-2.0" and "blt-diffusion" in card.data.tags
+    assert 'decoding="self_speculative", draft_length=8' in card.text
+    assert "trust_remote_code=True" in card.text and 'decoding="diffusion"' not in card.text, "a plain BLT"
+    assert hub.missing_files(saved_dir) == []
+
+
+def test_save_pretrained_keeps_a_users_card(model, tmp_path):
+    (tmp_path / "README.md").write_text("# My own card\n")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "# My own card\n"
+
+
+def test_cards_of_converted_and_trained_checkpoints(converted_dir, trained_dir):
+    converted = card_of(converted_dir)
+    assert "Converted by `blt-diffusion` from a stock transformers `BltForCausalLM`" in converted.text
+    assert converted.data.license is None, "the stock weights' license is not known here"
+
+    trained = card_of(trained_dir)
+    results = json.loads((trained_dir / "eval_results.json").read_text())
+    (entry,) = trained.data.eval_results
+    assert (entry.metric_type, entry.metric_value) == ("bits_per_byte", round(results["heldout_bits_per_byte"], 4))
+    assert "A new `tiny` model, trained from scratch with `blt-diffusion train`" in trained.text
+    assert "Data: 2 text files. 2 optimizer steps of 2 x 64 bytes" in trained.text
+    assert "block-diffusion" in trained.data.tags and 'decoding="diffusion", block_size=4' in trained.text
+
+
+def pushed_files(fake_hub: FakeHub) -> dict[str, bytes]:
+    (commit,) = fake_hub.commits
+    return commit["files"]
+
+
+@pytest.mark.parametrize(
+    ("hub_card", "ours"),
+    [(None, True), (TRANSFORMERS_PLACEHOLDER, True), ("---\nlicense: mit\n---\n# Their card\n", False)],
+    ids=["new-repo", "repo-with-transformers-placeholder", "repo-with-a-card"],
+)
+def test_push_to_hub_uploads_code_auto_map_and_card(model, monkeypatch, hub_card, ours):
+    fake_hub = FakeHub(monkeypatch, card=hub_card)
+    model.push_to_hub("someone/tiny-blt", tags=["demo"])
+
+    files = pushed_files(fake_hub)
+    assert set(REMOTE_CODE_FILES) <= set(files)
+    assert json.loads(files["config.json"])["auto_map"]["AutoModelForCausalLM"].startswith("modeling_blt_diffusion.")
+    card = ModelCard(files["README.md"].decode())
+    assert ("# tiny-blt" in card.text) == ours and "demo" in card.data.tags
+    if ours:
+        assert 'from_pretrained("someone/tiny-blt", trust_remote_code=True)' in card.text
+    else:
+        assert "# Their card" in card.text and card.data.license == "mit"
+
+
+def test_tokenizer_push_to_hub_uploads_its_code(tokenizer, monkeypatch):
+    fake_hub = FakeHub(monkeypatch, card="---\nlicense: apache-2.0\n---\n# A card\n")
+    tokenizer.push_to_hub("someone/tiny-blt")
+    files = pushed_files(fake_hub)
+    assert "tokenization_blt_diffusion.py" in files
+    assert json.loads(files["tokenizer_config.json"])["auto_map"]["AutoTokenizer"][0].startswith("tokenization_")
+
 
 REMOTE_SCRIPT = r"""
 import sys
@@ -251,56 +358,86 @@ else:
 
 import json
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BltForCausalLM
 
-directory, prompt = sys.argv[1], sys.argv[2]
-model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
-for obj in (model, model.config, model.generation_config, tokenizer):
-    module = type(obj).__module__
-    assert module.startswith("transformers_modules."), module
-assert type(model).__name__ == "BltDiffusionForCausalLM"
-assert type(model.generation_config).__name__ == "BltDiffusionGenerationConfig"
-assert type(tokenizer).__name__ == "BltDiffusionTokenizer"
+checks = json.loads(sys.argv[1])
+generated = {}
+for directory in checks["directories"]:
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
+    for obj in (model, model.config, model.generation_config, tokenizer):
+        module = type(obj).__module__
+        assert module.startswith("transformers_modules."), (directory, module)
+    assert type(model).__name__ == "BltDiffusionForCausalLM"
+    assert type(model.generation_config).__name__ == "BltDiffusionGenerationConfig"
+    assert type(tokenizer).__name__ == "BltDiffusionTokenizer"
+    inputs = tokenizer(checks["prompt"], return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=checks["new_bytes"], do_sample=False)
+    generated[directory] = output[0].tolist()
+
+stock = BltForCausalLM.from_pretrained(checks["stock"])
+inputs = AutoTokenizer.from_pretrained(checks["saved"], trust_remote_code=True)(checks["prompt"], return_tensors="pt")
+greedy = dict(max_new_tokens=checks["new_bytes"], do_sample=False)
+generated["stock"] = stock.generate(**inputs, **greedy, use_cache=False)[0].tolist()
+for decoding in ("autoregressive", "self_speculative"):
+    output = stock.generate(
+        **inputs, **greedy, custom_generate=checks["custom_generate"], trust_remote_code=True, decoding=decoding
+    )
+    generated[f"custom_generate {decoding}"] = output[0].tolist()
 assert not any(name.split(".")[0] == "blt_diffusion" for name, mod in sys.modules.items() if mod is not None)
-inputs = tokenizer(prompt, return_tensors="pt")
-output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
-print(json.dumps(output[0].tolist()))
+print(json.dumps(generated))
 """
 
 
-def test_save_pretrained_writes_remote_code(saved_dir):
-    package_dir = Path(blt_diffusion.__file__).parent
-    for name in REMOTE_CODE_FILES:
-        assert (saved_dir / name).read_text() == (package_dir / name).read_text(), name
-    config = json.loads((saved_dir / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_blt_diffusion.BltDiffusionConfig",
-        "AutoModelForCausalLM": "modeling_blt_diffusion.BltDiffusionForCausalLM",
+def test_every_kind_of_directory_loads_without_the_package(
+    saved_dir, converted_dir, trained_dir, stock_dir, model, monkeypatch, tmp_path
+):
+    """What save_pretrained, convert, train and the shipped model write, a push of a training run materialised from
+    its commit, and the custom_generate repo on a stock model: one fresh process without the package loads them all
+    with `trust_remote_code=True` and generates."""
+    fake_hub = FakeHub(monkeypatch)
+    hub.push_directory(trained_dir, "someone/blt-trained")
+    pushed_dir = materialise(pushed_files(fake_hub), tmp_path / "pushed")
+    custom_generate_dir = build_custom_generate(tmp_path / "custom_generate")
+    directories = {
+        "save_pretrained": saved_dir,
+        "convert": converted_dir,
+        "train": trained_dir,
+        "push": pushed_dir,
+        "shipped": DEFAULT_MODEL_DIR,
     }
-    tokenizer_config = json.loads((saved_dir / "tokenizer_config.json").read_text())
-    assert tokenizer_config["auto_map"]["AutoTokenizer"][0] == "tokenization_blt_diffusion.BltDiffusionTokenizer"
-
-
-def test_remote_code_loads_without_the_package(saved_dir, model, tmp_path):
-    env = dict(
-        os.environ,
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH="",
-    )
+    checks = {
+        "directories": [str(directory) for directory in directories.values()],
+        "stock": str(stock_dir),
+        "saved": str(saved_dir),
+        "custom_generate": str(custom_generate_dir),
+        "prompt": PROMPT,
+        "new_bytes": 24,
+    }
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(saved_dir), PROMPT],
+        [sys.executable, "-c", REMOTE_SCRIPT, json.dumps(checks)],
         capture_output=True,
         text=True,
-        env=env,
+        env=env | {"PYTHONPATH": ""},
         cwd=tmp_path,
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    remote_ids = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert remote_ids == greedy(model, PROMPT, 40)[0].tolist()
+    generated = json.loads(completed.stdout.strip().splitlines()[-1])
+
+    expected = {
+        "save_pretrained": greedy(model, PROMPT, 24),
+        "convert": greedy(model, PROMPT, 24),
+        "train": greedy(BltDiffusionForCausalLM.from_pretrained(trained_dir), PROMPT, 24),
+        "shipped": greedy(blt_diffusion.load_default_model(), PROMPT, 24),
+    }
+    expected["push"] = expected["train"]
+    for kind, directory in directories.items():
+        assert generated[str(directory)] == expected[kind][0].tolist(), kind
+    assert generated["stock"] == expected["save_pretrained"][0].tolist()
+    assert generated["custom_generate autoregressive"] == generated["stock"]
+    assert generated["custom_generate self_speculative"] == generated["stock"]
 
 
 # --- Trainer --------------------------------------------------------------------------------------------------------

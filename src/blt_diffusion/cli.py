@@ -5,6 +5,7 @@ blt-diffusion generate "def fib(n):" --model path/to/checkpoint --max-new-tokens
 blt-diffusion generate "def fib(n):" --model runs/blt-d --decoding diffusion --block-size 8 --stats
 blt-diffusion train --config small --data my_corpus/ --minutes 20 --output-dir runs/blt-d
 blt-diffusion convert path/to/stock_blt path/to/ours --block-size 8
+blt-diffusion push path/to/ours your-name/blt-model
 ```
 """
 
@@ -20,7 +21,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub.errors import HfHubHTTPError, StrictDataclassError
 from safetensors import SafetensorError
 from transformers import BltConfig, PreTrainedConfig, TextStreamer, TrainingArguments, set_seed
 from transformers.utils import CONFIG_NAME
@@ -30,6 +31,8 @@ from . import __version__
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .default_model import DEFAULT_MODEL_DIR, load_default_model
 from .generation_blt_diffusion import DEFAULT_MAX_NEW_TOKENS, BltDiffusionGenerateOutput
+from .hub import NotLoggedInError, push_directory
+from .modelcard_blt_diffusion import Provenance, write_model_card
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
 from .strategies_blt_diffusion import DECODING_STRATEGIES, STRATEGY_OPTIONS, UNMASKING_RULES, StrategyOption
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
@@ -73,10 +76,11 @@ directories, reported before training starts."""
 
 CONVERT_DESCRIPTION = """\
 Convert a checkpoint saved by transformers' BltForCausalLM into this package's format: every weight is kept, the
-config becomes model type "blt_diffusion", and the tokenizer and modeling code are saved with it, so that the folder
-also loads with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) where this package is not
-installed. OUTPUT_DIR must be new or an empty directory; it appears only once complete, so a failed conversion (a
-full disk, Ctrl-C) leaves no part of it."""
+config becomes model type "blt_diffusion", and the tokenizer, modeling code and a model card are saved with it, so
+that the folder is a complete Hub repo (blt-diffusion push) and also loads with
+AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) where this package is not installed. OUTPUT_DIR
+must be new or an empty directory; it appears only once complete, so a failed conversion (a full disk, Ctrl-C)
+leaves no part of it."""
 
 
 EXIT_STATUS_HELP = f"""\
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands)
     add_train_command(commands)
     add_convert_command(commands)
+    add_push_command(commands)
     return parser
 
 
@@ -322,6 +327,48 @@ def add_convert_command(commands: argparse._SubParsersAction) -> None:
         help="make it a BLT-D model of block size B, with a freshly initialised masked-byte embedding to fine-tune "
         "(default: 0, a plain BLT that decodes exactly as the stock one)",
     )
+    convert.add_argument(
+        "--base-model",
+        metavar="REPO_ID",
+        help="the Hub repo STOCK_DIR was downloaded from, named as base_model in the model card (found on its own "
+        "for a download in the Hugging Face cache)",
+    )
+
+
+PUSH_DESCRIPTION = """\
+Upload DIR to the Hugging Face Hub model repo REPO_ID (created if needed) in one commit: every file, the model card's
+usage snippets naming REPO_ID. DIR must be a complete repo: a model directory written by save_pretrained, convert or
+train (weights, config and tokenizer config with auto_map, the remote-code modules, generation config, model card), or
+this project's custom_generate directory. Needs a Hugging Face token: hf auth login, or HF_TOKEN."""
+
+
+def add_push_command(commands: argparse._SubParsersAction) -> None:
+    """The `push` command: its arguments, and `run_push` as what it runs."""
+    push = commands.add_parser(
+        "push", help="upload a checkpoint directory to the Hugging Face Hub", description=PUSH_DESCRIPTION
+    )
+    push.set_defaults(run=run_push)
+    push.add_argument("directory", metavar="DIR", help="the directory to upload")
+    push.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, e.g. your-name/blt-model")
+    push.add_argument("--private", action="store_true", default=None, help="make a new repo private")
+    push.add_argument("--revision", metavar="BRANCH", help="commit to this branch (created if needed) instead of main")
+    push.add_argument("--commit-message", metavar="TEXT", help="the commit's message")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """The `push` command."""
+    try:
+        commit = push_directory(
+            args.directory,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except (ValueError, NotLoggedInError, HfHubHTTPError) as error:
+        raise CliError(one_line(error)) from error
+    print(f"pushed {args.directory} to {commit.commit_url}")
+    return 0
 
 
 def positive_int(text: str) -> int:
@@ -629,6 +676,10 @@ def run_convert(args: argparse.Namespace) -> int:
         with staged_directory(output_dir) as staging_dir:
             checkpoint.model.save_pretrained(staging_dir)
             BltDiffusionTokenizer().save_pretrained(staging_dir)
+            if args.base_model is not None:
+                provenance = Provenance.of(args.source)
+                provenance.base_model = args.base_model
+                write_model_card(staging_dir, checkpoint.model, overwrite=True, provenance=provenance)
     except OSError as error:
         raise CliError(f"cannot write {output_dir}: {error.strerror or one_line(error)}") from error
     print(f"read {args.source}: a {checkpoint.saved_model_type!r} checkpoint")

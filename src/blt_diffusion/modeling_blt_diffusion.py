@@ -16,11 +16,14 @@ and every level only processes what is new:
 A byte's patch boundary depends only on bytes up to it, so appending never changes earlier work.
 """
 
+import os
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -47,6 +50,7 @@ from .cache_blt_diffusion import (
 )
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
+from .modelcard_blt_diffusion import MODEL_CARD_NAME, is_transformers_placeholder, write_model_card
 
 HASH_PRIMES = (
     1000000007,
@@ -1363,6 +1367,30 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         self.model = BltDiffusionModel(config)
         self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args, **kwargs):
+        """transformers' `save_pretrained`, plus a model card (`README.md`, see `modelcard_blt_diffusion.py`) where the
+        directory has none: a card already there is never overwritten."""
+        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process:
+            write_model_card(save_directory, self)
+
+    def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, *args, **kwargs):
+        # `push_to_hub` (and `save_pretrained(push_to_hub=True)`) replace README.md by the Hub repo's card just before
+        # uploading, or by transformers' placeholder where the repo has none: the placeholder gives way to this
+        # model's card, which keeps its tags.
+        card_path = Path(working_dir) / MODEL_CARD_NAME
+        if is_transformers_placeholder(card_path):
+            placeholder_tags = ModelCard.load(card_path).data.tags or []
+            write_model_card(
+                working_dir,
+                self,
+                overwrite=True,
+                name=repo_id.split("/")[-1],
+                model_id=repo_id,
+                extra_tags=placeholder_tags,
+            )
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def new_cache(self, batch_size: int, capacity: int, device: torch.device | str | None = None) -> BltDiffusionCache:
         """An empty cache for `batch_size` rows with room for `capacity` bytes each (it grows if needed)."""

@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from ..configuration_blt_diffusion import BltDiffusionConfig
+from ..modelcard_blt_diffusion import EVAL_RESULTS_NAME, PYTHON_STDLIB, write_model_card
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM
 from .data import (
     evenly_spaced_rows,
@@ -44,7 +45,7 @@ from .trainer import is_main_process, train_model
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "eval_results.json"
+RESULTS_FILE = EVAL_RESULTS_NAME
 
 
 def build_model(model_size: str, **config_overrides) -> BltDiffusionForCausalLM:
@@ -142,10 +143,48 @@ def check_output_dir(recipe: TrainingRecipe, output_dir: Path) -> Path | None:
     raise ValueError(f"{output_dir} already holds {found}: pass {remedies}, or choose another --output-dir")
 
 
+def describe_data(recipe: TrainingRecipe, train_files: list[Path], heldout_files: list[Path]) -> dict[str, str]:
+    """What the model card says about the data: the training text, the held-out text and its dataset type."""
+    if recipe.data is None:
+        training = "the Python standard library's source, without tests and without the held-out modules"
+    else:
+        training = f"{len(train_files)} text files"
+    if recipe.heldout_data is None and recipe.data is None:
+        return {
+            "training_data": training,
+            "heldout_data": "the held-out modules of the Python standard library",
+            "heldout_dataset_type": PYTHON_STDLIB,
+        }
+    held_out = "given apart" if recipe.heldout_data is not None else "held out of the data by a hash of their path"
+    return {
+        "training_data": training,
+        "heldout_data": f"{len(heldout_files)} text files {held_out}",
+        "heldout_dataset_type": "text",
+    }
+
+
+def training_record(recipe: TrainingRecipe, args: TrainingArguments, training_data: str) -> dict:
+    """How the main model was trained, as the model card tells it (`modelcard_blt_diffusion.describe_training`)."""
+    return {
+        "model_size": recipe.new_model_size,
+        "init_from": recipe.init_from,
+        "trained_patcher": recipe.train_new_patcher,
+        "bytes_per_patch": recipe.bytes_per_patch,
+        "max_patch_length": recipe.max_patch_length,
+        "block_size": recipe.block_size,
+        "data": training_data,
+        "max_steps": args.max_steps,
+        "learning_rate": args.learning_rate,
+        "rows_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "sequence_length": recipe.sequence_length,
+    }
+
+
 def run_training(
     recipe: TrainingRecipe, training_args: TrainingArguments, model: BltDiffusionForCausalLM | None = None
-) -> dict[str, float]:
-    """Train a model as `recipe` says, then save it, the tokenizer and its held-out results to the output directory.
+) -> dict:
+    """Train a model as `recipe` says, then save it, the tokenizer, its held-out results and its model card to the
+    output directory.
 
     Progress goes to this module's logger (`logging.getLogger("blt_diffusion.training.pipeline")`) at INFO level, in
     every process of a distributed run.
@@ -160,8 +199,9 @@ def run_training(
             it should be the one that `recipe` names. Unused when resuming: the checkpoint holds the model.
 
     Returns:
-        `{"heldout_bits_per_byte": ..., "heldout_rows": ..., "patching_threshold": ...}`, also written to
-        `output_dir / RESULTS_FILE` (by the main process).
+        `{"heldout_bits_per_byte": ..., "heldout_rows": ..., "patching_threshold": ..., ...}` (also what the held-out
+        rows are and how the model was trained, for its card), written to `output_dir / RESULTS_FILE` by the main
+        process, which then writes the model card (`README.md`) with them.
 
     Raises:
         `ValueError`: the output directory holds a previous run that `recipe` neither overwrites nor resumes
@@ -244,14 +284,21 @@ def run_training(
         resume_from_checkpoint=None if resume_from is None else str(resume_from),
     )
 
+    data = describe_data(recipe, train_files, heldout_files)
     results = {
         "heldout_bits_per_byte": heldout_bits_per_byte(
             model, heldout_rows, batch_size=training_args.per_device_eval_batch_size
         ),
         "heldout_rows": len(heldout_rows),
+        "sequence_length": recipe.sequence_length,
+        "heldout_data": data["heldout_data"],
+        "heldout_dataset_type": data["heldout_dataset_type"],
         "patching_threshold": model.config.patching_threshold,
+        "training": training_record(recipe, training_args, data["training_data"]),
     }
     if is_main_process():
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-    logger.info("Saved the model, tokenizer and %s to %s", RESULTS_FILE, output_dir)
+        # The card `save_pretrained` wrote knew neither the results nor the recipe.
+        write_model_card(output_dir, model, overwrite=True)
+    logger.info("Saved the model, tokenizer, %s and its model card to %s", RESULTS_FILE, output_dir)
     return results

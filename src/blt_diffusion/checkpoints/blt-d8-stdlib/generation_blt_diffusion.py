@@ -1,0 +1,384 @@
+"""Generation for BLT models: one `generate()` entry point, decoding strategies plugged in behind it.
+
+The mixin owns everything strategies share: argument resolution and validation, the generation config, logits
+processors and stopping criteria, streaming, batching with left padding, per-row finishing and cost accounting.
+The strategies themselves (`DecodingStrategy`, registered in `DECODING_STRATEGIES`) live in
+`strategies_blt_diffusion.py`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, GenerationMixin
+from transformers.generation.logits_process import LogitsProcessorList
+from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
+from transformers.utils import ModelOutput
+
+from .strategies_blt_diffusion import (
+    BLOCK_SIZE,
+    CONFIDENCE_THRESHOLD,
+    DECODING_STRATEGIES,
+    DRAFT_LENGTH,
+    ENTROPY_BOUND,
+    UNMASKING,
+    UNMASKING_RULES,
+    AutoregressiveDecoding,
+    GenerationState,
+)
+
+# The byte budget of the generation config a model gets from its model config.
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class BltDiffusionGenerationConfig(GenerationConfig):
+    r"""
+    Generation configuration of BLT models: every field of transformers' `GenerationConfig` plus the decoding
+    strategy and its options (`StrategyOption`, which hold the defaults).
+
+    decoding (`str`, *optional*, defaults to `"autoregressive"`):
+        Which strategy produces bytes. See `DECODING_STRATEGIES` for what this version provides.
+    block_size (`int`, *optional*):
+        Bytes per diffusion block; defaults to the model's `diffusion_block_size`.
+    unmasking (`str`, *optional*):
+        Diffusion unmasking rule (`UNMASKING_RULES`): `"confidence"` (the default for `"diffusion"`),
+        `"entropy_bound"` or `"one_step"` (the default for `"diffusion_verified"`).
+    confidence_threshold (`float`, *optional*, defaults to 0.7):
+        Confidence above which the `"confidence"` rule commits a masked byte.
+    entropy_bound (`float`, *optional*, defaults to 1.0):
+        Entropy budget of the `"entropy_bound"` rule.
+    draft_length (`int`, *optional*, defaults to 8):
+        Bytes drafted per round by self-speculative decoding.
+    """
+
+    def __init__(
+        self,
+        decoding: str = "autoregressive",
+        block_size: int | None = BLOCK_SIZE.default,
+        unmasking: str | None = UNMASKING.default,
+        confidence_threshold: float = CONFIDENCE_THRESHOLD.default,
+        entropy_bound: float = ENTROPY_BOUND.default,
+        draft_length: int = DRAFT_LENGTH.default,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.decoding = decoding
+        self.block_size = block_size
+        self.unmasking = unmasking
+        self.confidence_threshold = confidence_threshold
+        self.entropy_bound = entropy_bound
+        self.draft_length = draft_length
+
+    def validate(self, strict: bool = False, **kwargs) -> None:
+        super().validate(strict=strict, **kwargs)
+        # The base __init__ validates before this class has set its own fields.
+        decoding = getattr(self, "decoding", AutoregressiveDecoding.name)
+        if decoding not in DECODING_STRATEGIES:
+            raise ValueError(
+                f"Unknown decoding strategy {decoding!r}; this version provides {sorted(DECODING_STRATEGIES)}."
+            )
+        unmasking = getattr(self, "unmasking", UNMASKING.default)
+        if unmasking is not None and unmasking not in UNMASKING_RULES:
+            raise ValueError(f"Unknown unmasking rule {unmasking!r}; choose one of {sorted(UNMASKING_RULES)}.")
+        block_size = getattr(self, "block_size", BLOCK_SIZE.default)
+        if block_size is not None and block_size < 1:
+            raise ValueError(f"`block_size` must be a positive number of bytes, got {block_size}.")
+        if not 0.0 <= getattr(self, "confidence_threshold", CONFIDENCE_THRESHOLD.default) <= 1.0:
+            raise ValueError(f"`confidence_threshold` must lie in [0, 1], got {self.confidence_threshold}.")
+        if getattr(self, "entropy_bound", ENTROPY_BOUND.default) < 0:
+            raise ValueError(f"`entropy_bound` must be >= 0 nats, got {self.entropy_bound}.")
+        if getattr(self, "draft_length", DRAFT_LENGTH.default) < 1:
+            raise ValueError(f"`draft_length` must be a positive number of bytes, got {self.draft_length}.")
+        if self.num_beams not in (None, 1):
+            raise ValueError(f"Beam search is not supported by BLT decoding strategies (num_beams={self.num_beams}).")
+
+    @classmethod
+    def from_model_config(cls, model_config) -> "BltDiffusionGenerationConfig":
+        """Generation defaults for a model: its special tokens and a byte budget suited to byte-level text."""
+        return cls(
+            bos_token_id=model_config.bos_token_id,
+            eos_token_id=model_config.eos_token_id,
+            pad_token_id=model_config.pad_token_id,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+            do_sample=False,
+        )
+
+
+@dataclass
+class BltDiffusionGenerateOutput(ModelOutput):
+    """
+    Output of [`BltDiffusionGenerationMixin.generate`] with `return_dict_in_generate=True`.
+
+    Every cost field is a per-row tensor of shape `(batch,)`, so `pipeline("text-generation")` copies it into each
+    result. Costs count only the work done while a row was unfinished.
+
+    sequences (`torch.LongTensor` of shape `(batch, prompt + new)`): prompts followed by generated bytes; rows that
+        stopped early are padded with `pad_token_id`.
+    decoder_nfe (`torch.LongTensor`): local decoder calls.
+    global_nfe (`torch.LongTensor`): encoder+global calls, counted as the paper counts them: one per call that
+        closes at least one patch (AR) or encodes a block (diffusion).
+    patcher_nfe (`torch.LongTensor`): entropy-model calls.
+    cell_encoder_nfe (`torch.LongTensor`): local-encoder passes over diffusion cells, one per denoising step of a
+        model whose cells go through the encoder (`diffusion_cell_embedding="encoder"`), else 0.
+    memory_bandwidth_gb (`torch.FloatTensor`): the paper's estimated parameter traffic (Eq. 8) in GB, plus the
+        encoder passes over cells, which the paper's BLT-D does not make:
+        `2 * (decoder_nfe * P_dec + global_nfe * (P_enc + P_glob) + cell_encoder_nfe * P_enc) / 1e9`.
+    acceptance_rate (`torch.FloatTensor`, *optional*): speculative strategies only, the share of drafted bytes that
+        verification kept.
+    scores (`tuple[torch.FloatTensor]`, *optional*): processed scores per decoder call, with `output_scores=True`:
+        (batch, vocab) for autoregressive decoding, (batch, block, vocab) for every cell of a diffusion step.
+    logits (`tuple[torch.FloatTensor]`, *optional*): raw logits per decoder call, with `output_logits=True`, shaped
+        as `scores`.
+    cache (`BltDiffusionCache`, *optional*): the cache at the end of generation.
+    """
+
+    sequences: torch.LongTensor | None = None
+    decoder_nfe: torch.LongTensor | None = None
+    global_nfe: torch.LongTensor | None = None
+    patcher_nfe: torch.LongTensor | None = None
+    cell_encoder_nfe: torch.LongTensor | None = None
+    memory_bandwidth_gb: torch.FloatTensor | None = None
+    acceptance_rate: torch.FloatTensor | None = None
+    scores: tuple[torch.FloatTensor, ...] | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    cache: object | None = None
+
+
+@dataclass
+class ParameterCounts:
+    """Parameters loaded per call of each component, as the paper's Eq. 8 counts them.
+
+    `decoder` covers the local decoder and the LM head; `encoder` the local encoder without the hash n-gram tables
+    (those are lookups, not weight loads); `global_transformer` the global transformer. The patcher is not counted,
+    as in the paper.
+    """
+
+    decoder: int
+    encoder: int
+    global_transformer: int
+
+    @classmethod
+    def of(cls, model) -> "ParameterCounts":
+        def count(module):
+            return sum(parameter.numel() for parameter in module.parameters())
+
+        return cls(
+            decoder=count(model.model.local_decoder) + count(model.lm_head),
+            encoder=count(model.model.local_encoder),
+            global_transformer=count(model.model.global_transformer),
+        )
+
+    def bandwidth_gb(
+        self, decoder_nfe: torch.Tensor, global_nfe: torch.Tensor, cell_encoder_nfe: torch.Tensor | int = 0
+    ) -> torch.Tensor:
+        bytes_per_parameter = 2
+        loads = decoder_nfe * self.decoder + global_nfe * (self.encoder + self.global_transformer)
+        loads = loads + cell_encoder_nfe * self.encoder
+        return bytes_per_parameter * loads.double() / 1e9
+
+
+# Keyword arguments `generate` accepts besides generation-config fields; anything else is a typo worth reporting.
+_ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
+
+
+class BltDiffusionGenerationMixin(GenerationMixin):
+    """`generate()` for BLT models: every decoding strategy behind transformers' usual generation interface."""
+
+    def adjust_generation_fn(self, *args, **kwargs):
+        """Keep `self.generation_config` a `BltDiffusionGenerationConfig` after `from_pretrained`.
+
+        The stock version reloads `generation_config.json` as the base class. A file that a stock BLT derived from its
+        model config carries no generation choices, so it is replaced by this model's own defaults; in any file,
+        special ids left unset come from the model config.
+        """
+        super().adjust_generation_fn(*args, **kwargs)
+        loaded = self.generation_config
+        if loaded is None or isinstance(loaded, BltDiffusionGenerationConfig):
+            return
+        if loaded._from_model_config:
+            self.generation_config = BltDiffusionGenerationConfig.from_model_config(self.config)
+        else:
+            self.generation_config = BltDiffusionGenerationConfig.from_dict(loaded.to_dict())
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(self.generation_config, name) is None:
+                setattr(self.generation_config, name, getattr(self.config, name))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        streamer=None,
+        input_ids: torch.Tensor | None = None,
+        tokenizer=None,
+        **kwargs,
+    ) -> BltDiffusionGenerateOutput | torch.LongTensor:
+        r"""
+        Generate bytes after `input_ids` with the strategy named by `decoding`.
+
+        Args:
+            inputs / input_ids (`torch.LongTensor` of shape `(batch, prompt)`, *optional*): prompts, left-padded in a
+                batch. Missing or empty: generation starts from BOS.
+            generation_config (`GenerationConfig`, *optional*): defaults to `model.generation_config`.
+            logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies.
+            stopping_criteria (`StoppingCriteriaList`, *optional*): added to max length, EOS and stop strings.
+            streamer (`BaseStreamer`, *optional*): receives the prompt, then committed bytes, then `end()`.
+            tokenizer (*optional*): needed for `stop_strings`.
+            kwargs: generation-config fields (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
+                `repetition_penalty`, `decoding`, ...) and `attention_mask`.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch, prompt + new)`, or a [`BltDiffusionGenerateOutput`] with
+            `return_dict_in_generate=True`.
+        """
+        if inputs is not None and input_ids is not None:
+            raise ValueError("Pass the prompt as `inputs` or as `input_ids`, not both.")
+        input_ids = inputs if inputs is not None else input_ids
+        user_set_max_length = "max_length" in kwargs and "max_new_tokens" not in kwargs
+        generation_config, model_kwargs = self._resolve_generation_config(generation_config, kwargs)
+        unexpected = set(model_kwargs) - _ACCEPTED_MODEL_KWARGS
+        if unexpected:
+            raise ValueError(f"`generate` got unexpected keyword arguments {sorted(unexpected)}.")
+        generation_config.validate()
+        attention_mask = model_kwargs.get("attention_mask")
+        input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
+        input_ids, attention_mask = self._expand_for_return_sequences(input_ids, attention_mask, generation_config)
+        max_new_tokens = self._resolve_max_new_tokens(generation_config, input_ids.shape[1], user_set_max_length)
+        self._check_position_limit(input_ids.shape[1], max_new_tokens)
+
+        generation_config.max_length = input_ids.shape[1] + max_new_tokens
+        generation_config.max_new_tokens = max_new_tokens
+        self._prepare_special_tokens(generation_config, True, device=input_ids.device)
+        processors = self._get_logits_processor(
+            generation_config=generation_config,
+            input_ids_seq_length=input_ids.shape[1],
+            encoder_input_ids=input_ids,
+            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
+            device=input_ids.device,
+            model_kwargs=model_kwargs,
+        )
+        criteria = self._per_row_stopping_criteria(generation_config, stopping_criteria, tokenizer)
+        if streamer is not None and input_ids.shape[0] != 1:
+            raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
+
+        state = GenerationState(input_ids, max_new_tokens, generation_config, criteria, streamer)
+        strategy = DECODING_STRATEGIES[generation_config.decoding](self, generation_config, processors)
+        if not state.done:
+            # The strategy checks that it can run on this model before the streamer sees anything.
+            strategy.check_model()
+            strategy.start(state, input_ids, attention_mask)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        if not state.done:
+            while True:
+                tokens, counts = strategy.next_tokens(state)
+                taken = state.commit(tokens, counts)
+                if state.done:
+                    break
+                strategy.feed(state, tokens, taken)
+        if streamer is not None:
+            streamer.end()
+
+        sequences = state.output_sequences()
+        if not generation_config.return_dict_in_generate:
+            return sequences
+        counts = ParameterCounts.of(self)
+        return BltDiffusionGenerateOutput(
+            sequences=sequences,
+            decoder_nfe=state.decoder_nfe,
+            global_nfe=state.global_nfe,
+            patcher_nfe=state.patcher_nfe,
+            cell_encoder_nfe=state.cell_encoder_nfe,
+            memory_bandwidth_gb=counts.bandwidth_gb(state.decoder_nfe, state.global_nfe, state.cell_encoder_nfe),
+            acceptance_rate=strategy.acceptance_rate(),
+            scores=tuple(state.scores) if generation_config.output_scores else None,
+            logits=tuple(state.raw_logits) if generation_config.output_logits else None,
+            cache=strategy.cache,
+        )
+
+    def _per_row_stopping_criteria(
+        self,
+        generation_config: BltDiffusionGenerationConfig,
+        stopping_criteria: StoppingCriteriaList | None,
+        tokenizer,
+    ) -> StoppingCriteriaList:
+        """Transformers' criteria (EOS, stop strings, max time, the caller's) without the batch-wide length check:
+        `GenerationState` enforces `max_new_tokens` per row, and rows may grow at different speeds."""
+        criteria = self._get_stopping_criteria(
+            generation_config=generation_config,
+            stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
+            tokenizer=tokenizer,
+        )
+        return StoppingCriteriaList(
+            criterion for criterion in criteria if not isinstance(criterion, MaxLengthCriteria)
+        )
+
+    def _resolve_generation_config(
+        self, generation_config: GenerationConfig | None, kwargs: dict
+    ) -> tuple[BltDiffusionGenerationConfig, dict]:
+        """Priority: `kwargs` > `generation_config` > `self.generation_config` > model config > global defaults.
+
+        Returns the merged config and the keyword arguments that are not generation-config fields.
+        """
+        base = generation_config if generation_config is not None else self.generation_config
+        merged = BltDiffusionGenerationConfig.from_dict(base.to_dict())
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(merged, name) is None:
+                setattr(merged, name, getattr(self.config, name))
+        merged.update(**merged._get_default_generation_params(), defaults_only=True)
+        model_kwargs = merged.update(**kwargs)
+        return merged, model_kwargs
+
+    def _prepare_prompt(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        generation_config: BltDiffusionGenerationConfig,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate the prompt; an absent or empty prompt becomes a lone BOS."""
+        device = self.device
+        if input_ids is None or input_ids.numel() == 0:
+            batch_size = 1 if input_ids is None or input_ids.dim() < 2 else max(input_ids.shape[0], 1)
+            input_ids = torch.full((batch_size, 1), generation_config.bos_token_id, dtype=torch.long, device=device)
+            return input_ids, torch.ones_like(input_ids)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("`input_ids` must be a 2-D tensor of byte ids, shape (batch, prompt_length).")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.validate_inputs(input_ids, attention_mask, allow_right_padding=False)
+        # Any integer dtype of ids is accepted; the caches hold int64.
+        return input_ids.to(device=device, dtype=torch.long), attention_mask.to(device)
+
+    @staticmethod
+    def _expand_for_return_sequences(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: BltDiffusionGenerationConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Repeat each prompt row `num_return_sequences` times in place, as transformers' `generate` does: the
+        output's rows are then prompt 0's sequences, then prompt 1's, each row with its own cost fields."""
+        copies = generation_config.num_return_sequences or 1
+        if copies == 1:
+            return input_ids, attention_mask
+        return input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
+
+    def _resolve_max_new_tokens(
+        self, generation_config: GenerationConfig, prompt_length: int, user_set_max_length: bool
+    ) -> int:
+        if user_set_max_length or generation_config.max_new_tokens is None:
+            max_new_tokens = generation_config.max_length - prompt_length
+        else:
+            max_new_tokens = generation_config.max_new_tokens
+        if max_new_tokens < 0:
+            raise ValueError(
+                f"The prompt ({prompt_length} bytes) is longer than `max_length` ({generation_config.max_length})."
+            )
+        return max_new_tokens
+
+    def _check_position_limit(self, prompt_length: int, max_new_tokens: int) -> None:
+        limit = self.config.max_position_embeddings
+        if prompt_length + max_new_tokens > limit:
+            raise ValueError(
+                f"The prompt ({prompt_length} bytes) plus `max_new_tokens` ({max_new_tokens}) exceeds the model's "
+                f"position limit `config.max_position_embeddings` ({limit}). Shorten the prompt (keep its last "
+                f"bytes) or lower `max_new_tokens`."
+            )

@@ -1,0 +1,1525 @@
+"""Byte Latent Transformer with incremental caches at every level, for BLT, BLT-D, BLT-S and BLT-DV decoding.
+
+The modules and parameter names are those of `transformers.BltForCausalLM`, so stock checkpoints load unchanged and
+the full-sequence forward reproduces stock BLT's logits. What differs is how the work is organised: one code path,
+`BltDiffusionModel.forward`, appends bytes to a `BltDiffusionCache` (or to an empty, throw-away one in training),
+and every level only processes what is new:
+
+1. the patcher (a small causal byte LM) gives the entropy of each new byte;
+2. a byte ends its patch when it is the first byte, when its entropy exceeds the threshold, or when the patch
+   reaches `max_patch_length`;
+3. the local encoder embeds the new bytes (with hash n-gram embeddings) and pools each newly closed patch into a
+   latent;
+4. the global transformer runs once per newly closed patch;
+5. the local decoder reads each new byte against the latent of the latest patch closed at or before it.
+
+A byte's patch boundary depends only on bytes up to it, so appending never changes earlier work.
+"""
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .block_diffusion_blt_diffusion import (
+    BlockDiffusionLayout,
+    DiffusionBlocks,
+    block_diffusion_attention,
+    diffusion_losses,
+    sample_diffusion_blocks,
+    true_positions,
+)
+from .cache_blt_diffusion import (
+    AttentionContext,
+    BltDiffusionCache,
+    KeyValueBuffer,
+    build_attention_context,
+    build_query_attention_context,
+    num_cross_attention_layers,
+)
+from .configuration_blt_diffusion import BltDiffusionConfig
+from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
+from .modelcard_blt_diffusion import MODEL_CARD_NAME, is_transformers_placeholder, write_model_card
+
+HASH_PRIMES = (
+    1000000007,
+    5915587277,
+    1500450271,
+    3267000013,
+    5754853343,
+    4093082899,
+    9576890767,
+    3628273133,
+    2860486313,
+    5463458053,
+    3367900313,
+)
+
+
+class BltDiffusionRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dtype == self.weight.dtype == torch.float32:
+            # One fused call instead of seven; in float32 it gives the unfused result below bit for bit.
+            return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(
+            hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon
+        )
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class BltDiffusionMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class BltDiffusionRotaryEmbedding(nn.Module):
+    """RoPE with BLT's interleaved layout: frequencies are repeated pairwise, not concatenated as in Llama."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        inv_freq, self.attention_scaling = self.compute_inv_freq()
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+
+    def compute_inv_freq(self) -> tuple[torch.Tensor, float]:
+        """Inverse frequencies (head_dim / 2,) and the cos/sin scaling, from the config's RoPE parameters."""
+        rope_type = self.config.rope_parameters.get("rope_type", "default")
+        if rope_type != "default":
+            return ROPE_INIT_FUNCTIONS[rope_type](self.config)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        base = self.config.rope_parameters["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
+
+    @torch.no_grad()
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """`position_ids` (batch, seq) -> rotations (batch, seq, 1, head_dim / 2): one unit complex number (times
+        the attention scaling) per channel pair, computed once per stack call and shared by its layers."""
+        angles = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return torch.complex(cos, sin)[:, :, None]
+
+
+def apply_rotary_pos_emb(
+    query: torch.Tensor, key: torch.Tensor, rotations: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each (even, odd) channel pair of `query` and `key` (batch, seq, heads, head_dim) by its angle.
+
+    BLT pairs adjacent channels (its interleaved layout), so a pair is a complex number and the rotation a complex
+    multiplication by `rotations` (batch, seq, 1, head_dim / 2): a few operations instead of `rotate_half`'s
+    slice-negate-stack, computed in float32 whatever the states' dtype.
+    """
+
+    def rotate(states: torch.Tensor) -> torch.Tensor:
+        pairs = torch.view_as_complex(states.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * rotations).flatten(-2).to(states.dtype)
+
+    return rotate(query), rotate(key)
+
+
+class BltDiffusionSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.dropout = config.dropout
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotations: torch.Tensor,
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden); `rotations` from the stack's rotary
+        embedding."""
+        batch_size, num_new, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch_size, num_new, self.num_heads, self.head_dim)
+        key = self.k_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim)
+        value = self.v_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, rotations)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
+        key, value = context.keys_values(self.layer_idx, key, value)
+        if context.block_layout is not None:
+            group = self.num_heads // self.num_key_value_heads
+            attn_output = block_diffusion_attention(
+                query,
+                key.repeat_interleave(group, dim=1),
+                value.repeat_interleave(group, dim=1),
+                context.block_layout,
+                self.dropout if self.training else 0.0,
+            )
+            return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
+        attn_output = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=context.mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_key_value_heads != self.num_heads,
+        )
+        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
+
+
+class BltDiffusionCrossAttention(nn.Module):
+    """Cross-attention between bytes and patch latents, without positions. The residual is added inside (as in BLT)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        self.dropout = config.dropout
+        self.q_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.k_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def project_queries(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, queries, hidden) -> (batch, heads, queries, head_dim)."""
+        batch_size, num_queries, _ = hidden_states.shape
+        query = self.q_proj(self.q_norm(hidden_states))
+        return query.view(batch_size, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., hidden) -> keys, values of shape (..., kv_heads, head_dim)."""
+        normed = self.k_norm(states)
+        key = self.k_proj(normed).unflatten(-1, (self.num_key_value_heads, self.head_dim))
+        value = self.v_proj(normed).unflatten(-1, (self.num_key_value_heads, self.head_dim))
+        return key, value
+
+    def finish(self, hidden_states: torch.Tensor, attn_output: torch.Tensor) -> torch.Tensor:
+        """attn_output (batch, heads, queries, head_dim) -> output projection plus the internal residual."""
+        batch_size, _, num_queries, _ = attn_output.shape
+        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_queries, -1)) + hidden_states
+
+    def forward(self, hidden_states: torch.Tensor, key_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Dense form, patches reading bytes: `hidden_states` (batch, queries, hidden), `key_states` (batch, keys,
+        hidden), `mask` (batch, 1, queries, keys) boolean."""
+        query = self.project_queries(hidden_states)
+        key, value = self.project_keys_values(key_states)
+        attn_output = F.scaled_dot_product_attention(
+            query,
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_key_value_heads != self.num_heads,
+        )
+        return self.finish(hidden_states, attn_output)
+
+    def forward_gathered(self, hidden_states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Gathered form, each byte reading only its own latent: `hidden_states` (batch, queries, hidden), `keys`,
+        `values` (batch, queries, splits, kv_heads, head_dim), already projected once per patch."""
+        query = self.project_queries(hidden_states)
+        group = self.num_heads // self.num_key_value_heads
+        if group > 1:
+            keys, values = keys.repeat_interleave(group, dim=3), values.repeat_interleave(group, dim=3)
+        # (batch, queries, splits, heads, head_dim) -> (batch, heads, queries, splits, head_dim)
+        keys, values = keys.permute(0, 3, 1, 2, 4), values.permute(0, 3, 1, 2, 4)
+        # Each query reads only `splits` keys, so broadcasting beats a batched matmul here.
+        scores = (query.unsqueeze(3) * keys).sum(dim=-1) * self.head_dim**-0.5
+        weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), self.dropout, self.training)
+        attn_output = (weights.unsqueeze(-1) * values).sum(dim=3)
+        return self.finish(hidden_states, attn_output)
+
+
+class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.self_attn = BltDiffusionSelfAttention(config, layer_idx)
+        self.mlp = BltDiffusionMLP(config)
+        self.input_layernorm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotations: torch.Tensor,
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotations, context)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+def transformer_layers(config) -> nn.ModuleList:
+    return nn.ModuleList(BltDiffusionTransformerLayer(config, idx) for idx in range(config.num_hidden_layers))
+
+
+def cross_attention_layers(config) -> nn.ModuleList:
+    return nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_attention_layers(config)))
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    rotary_emb: BltDiffusionRotaryEmbedding,
+    hidden_states: torch.Tensor,
+    context: AttentionContext,
+) -> torch.Tensor:
+    rotations = rotary_emb(hidden_states, context.position_ids)
+    for layer in layers:
+        hidden_states = layer(hidden_states, rotations, context)
+    return hidden_states
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last dimension.
+
+    The same operations as `torch.distributions.Categorical(logits=...).entropy()`, so patch boundaries match stock
+    BLT to the last bit, without the distribution object's argument validation on every decoding step.
+    """
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probabilities = normalized.softmax(dim=-1)
+    return -(normalized.clamp(min=torch.finfo(logits.dtype).min) * probabilities).sum(dim=-1)
+
+
+class BltDiffusionPatcher(nn.Module):
+    """The entropy model: a small causal byte LM whose next-byte entropy decides where patches end. Frozen."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.layers = transformer_layers(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """`input_ids` (batch, new) -> entropy in nats of the byte following each position (batch, new)."""
+        hidden_states = run_layers(self.layers, self.rotary_emb, self.embed_tokens(input_ids), context)
+        return categorical_entropy(self.lm_head(self.norm(hidden_states)))
+
+
+class BltDiffusionLocalEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = transformer_layers(config)
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.patch_embedding_projection = nn.Linear(
+            config.hidden_size, config.hidden_size * config.cross_attn_k, bias=False
+        )
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.cross_attn_layers = cross_attention_layers(config)
+
+    def forward(self, embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """Byte embeddings (batch, new, hidden) -> byte hidden states (batch, new, hidden)."""
+        hidden_states = F.dropout(embeddings, p=self.config.dropout, training=self.training)
+        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+
+    def pool_patches(
+        self, byte_states: torch.Tensor, byte_patch_index: torch.Tensor, num_patches: int
+    ) -> torch.Tensor:
+        """Pool bytes into patch latents: max over each patch's bytes, then the patches cross-attend their bytes.
+
+        Args:
+            byte_states (`torch.Tensor` of shape `(batch, bytes, hidden)`): encoder outputs.
+            byte_patch_index (`torch.Tensor` of shape `(batch, bytes)`): patch of each byte in `[0, num_patches)`,
+                or `num_patches` for bytes that belong to none of them.
+            num_patches (`int`): patches to produce.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, num_patches, hidden * cross_attn_k)`.
+        """
+        batch_size, _, hidden_size = byte_states.shape
+        splits = self.config.cross_attn_k
+        pooled = byte_states.new_zeros(batch_size, num_patches + 1, hidden_size).scatter_reduce(
+            1, byte_patch_index[..., None].expand(-1, -1, hidden_size), byte_states, reduce="amax", include_self=False
+        )[:, :num_patches]
+        patch_queries = self.patch_embedding_projection(pooled).reshape(batch_size, num_patches * splits, hidden_size)
+        query_patch = torch.arange(num_patches, device=byte_states.device).repeat_interleave(splits)
+        mask = query_patch[None, :, None] == byte_patch_index[:, None, :]
+        # A query without bytes (a padding patch) would be all -inf; let it read everything and be discarded.
+        mask |= ~mask.any(dim=-1, keepdim=True)
+        # Stock BLT runs a cross-attention per encoder layer but re-pools before each, so only the last one counts.
+        cross_attention = self.cross_attn_layers[-1]
+        patch_queries = patch_queries + cross_attention(patch_queries, byte_states, mask[:, None])
+        return patch_queries.reshape(batch_size, num_patches, splits * hidden_size)
+
+
+class BltDiffusionGlobalTransformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = transformer_layers(config)
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        if getattr(config, "encoder_cross_output_size", None) is not None:
+            self.token_embedding_projection = nn.Linear(
+                config.encoder_cross_output_size, config.hidden_size, bias=False
+            )
+        else:
+            self.token_embedding_projection = nn.Identity()
+
+    def forward(self, patch_embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """Patch latents (batch, new_patches, encoder_hidden * k) -> global states (batch, new_patches, hidden)."""
+        hidden_states = self.token_embedding_projection(patch_embeddings)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+
+
+class BltDiffusionLocalDecoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = transformer_layers(config)
+        self.rotary_emb = BltDiffusionRotaryEmbedding(config)
+        self.patch_embedding_projection = nn.Linear(
+            config.hidden_size_global, config.hidden_size * config.cross_attn_k, bias=False
+        )
+        self.norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.cross_attn_layers = cross_attention_layers(config)
+
+    def latent_keys_values(self, global_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Project patch states once per patch for every cross-attention layer.
+
+        `global_states` (batch, patches, global_hidden) -> per layer, keys and values of shape
+        (batch, patches, cross_attn_k, kv_heads, head_dim).
+        """
+        latents = self.patch_embedding_projection(global_states)
+        latents = latents.unflatten(-1, (self.config.cross_attn_k, self.config.hidden_size))
+        return [layer.project_keys_values(latents) for layer in self.cross_attn_layers]
+
+    def forward(
+        self,
+        byte_states: torch.Tensor,
+        latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """Decode bytes against their latents.
+
+        Args:
+            byte_states (`torch.Tensor` of shape `(batch, new, hidden)`): encoder outputs of the bytes.
+            latent_keys_values: per cross-attention layer, keys and values already gathered for each byte, of shape
+                `(batch, new, cross_attn_k, kv_heads, head_dim)`.
+            context (`AttentionContext`): self-attention positions, mask and cache.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, hidden)`, normalised, ready for the LM head.
+        """
+        rotations = self.rotary_emb(byte_states, context.position_ids)
+        hidden_states = F.dropout(byte_states, p=self.config.dropout, training=self.training)
+        for layer_idx, layer in enumerate(self.layers):
+            if layer_idx < len(self.cross_attn_layers):
+                keys, values = latent_keys_values[layer_idx]
+                hidden_states = hidden_states + self.cross_attn_layers[layer_idx].forward_gathered(
+                    hidden_states, keys, values
+                )
+            hidden_states = layer(hidden_states, rotations, context)
+        return self.norm(hidden_states)
+
+
+class BltDiffusionByteNgramHasher(nn.Module):
+    """Bucket ids of every byte's hash n-grams in all of BLT's hash tables at once.
+
+    Table t hashes the n-gram of `group_sizes[t]` bytes ending at a byte with the rolling hash
+    `sum_j byte[j] * prime_t ** j` in wrapping int64 arithmetic, modulo the table's buckets, and offsets the result
+    into one shared embedding. As the arithmetic wraps, the sum can be taken in any order: one product with a
+    (window, tables) matrix of powers, zero outside each table's n-gram, gives the ids the BLT checkpoints were
+    trained with, in a handful of operations instead of a dozen per table.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        powers, table_offsets = self.compute_buffers()
+        self.powers = nn.Buffer(powers, persistent=False)
+        self.table_offsets = nn.Buffer(table_offsets, persistent=False)
+
+    @property
+    def window(self) -> int:
+        """Bytes an n-gram id depends on: the byte and `window - 1` before it."""
+        return max(self.config.encoder_hash_byte_group_size)
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """The n-gram length of each table, in table order."""
+        config = self.config
+        return list(config.encoder_hash_byte_group_size) * config.encoder_hash_byte_group_nb_functions
+
+    def compute_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Powers (window, tables) and per-table offsets (tables,), in the checkpoints' table order: hash function
+        outer, group size inner."""
+        config = self.config
+        columns = []
+        for function_idx in range(config.encoder_hash_byte_group_nb_functions):
+            prime = torch.tensor(HASH_PRIMES[function_idx % len(HASH_PRIMES)], dtype=torch.int64)
+            for group_size in config.encoder_hash_byte_group_size:
+                column = torch.zeros(self.window, dtype=torch.int64)
+                column[self.window - group_size :] = prime ** torch.arange(group_size)
+                columns.append(column)
+        table_offsets = torch.arange(len(columns), dtype=torch.int64) * config.encoder_hash_byte_group_vocab
+        return torch.stack(columns, dim=1), table_offsets
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """`token_ids` (batch, window - 1 + new), the new bytes after `window - 1` bytes of left context (zeros
+        before a sequence's start) -> ids into the shared hash embedding (batch, new, tables)."""
+        windows = token_ids.unfold(1, self.window, 1)
+        hashes = (windows[..., None] * self.powers).sum(dim=-2)
+        return hashes % self.config.encoder_hash_byte_group_vocab + self.table_offsets
+
+
+@dataclass
+class PatchSegmentation:
+    """Where patches end among the bytes of one call and which latent each byte reads.
+
+    All tensors are (batch, new). `ends_patch`: the byte closes its patch. `patch_index`: global index of the
+    patch holding the byte. `decoder_target`: global index of the patch latent the decoder reads at that byte.
+    `new_patches` (batch,): patches closed in this call.
+    """
+
+    ends_patch: torch.Tensor
+    patch_index: torch.Tensor
+    decoder_target: torch.Tensor
+    new_patches: torch.Tensor
+
+
+@dataclass
+class EncodedBytes:
+    """What `BltDiffusionModel.encode` hands to the local decoder for the bytes of one call.
+
+    `byte_states` (batch, new, encoder_hidden): encoder outputs. `segmentation`: patch ends and latent targets.
+    `latent_keys_values`: per decoder cross-attention layer, keys and values (batch, patches, k, kv_heads, head_dim)
+    of every patch the decoder may read. `starts` (batch,): first real slot of each row. `byte_ends` (batch,): bytes
+    held before this call. `real` (batch, new): False for left padding. `byte_context`: the encoder's attention
+    context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
+    `patch_keys`: without a cache, when asked for, the global transformer's keys and values of this call's patches,
+    which the provisional latents of training blocks anchored inside patches attend. `token_ids` (batch, new): the
+    new bytes' ids, 0 for left padding.
+    """
+
+    byte_states: torch.Tensor
+    segmentation: PatchSegmentation
+    latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    starts: torch.Tensor
+    byte_ends: torch.Tensor
+    real: torch.Tensor
+    byte_context: AttentionContext
+    patch_keys: KeyValueBuffer | None = None
+    token_ids: torch.Tensor | None = None
+
+
+def gather_latents(
+    latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]], patch_ids: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, pick each query's patch: (batch, patches, ...) indexed by `patch_ids` (batch, queries) ->
+    (batch, queries, ...)."""
+    rows = torch.arange(patch_ids.shape[0], device=patch_ids.device)[:, None]
+    return [(keys[rows, patch_ids], values[rows, patch_ids]) for keys, values in latent_keys_values]
+
+
+@dataclass
+class FrontierTwins:
+    """Twin queries for verifying several appended bytes at once with `max_patch_length`.
+
+    BLT's newest byte reads the latent before its own patch (see `BltDiffusionCache`). Appending several bytes at
+    once must still give each byte the output that appending it alone would give, so each new byte but the last that
+    closes a patch gets a twin query: same input, at the same position, reading the latent before its patch and only
+    the bytes before it and itself. All tensors are (batch, twins); rows with fewer twins repeat the last new byte.
+
+    `index`: which new byte each twin copies. `is_twin`: False for the repeats. `slots`: the copied byte's slot, its
+    position and attention horizon. `write_slots`: where the twin writes its keys, past the row's end, where nothing
+    keeps them. `targets`: the latent each twin reads.
+    """
+
+    index: torch.Tensor
+    is_twin: torch.Tensor
+    slots: torch.Tensor
+    write_slots: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def build(cls, cache: BltDiffusionCache, encoded: EncodedBytes) -> "FrontierTwins | None":
+        """The twin queries that appending several bytes at once needs (see `FrontierTwins`), or None for none; the
+        decoder buffer is grown to hold their keys."""
+        closes = encoded.segmentation.ends_patch[:, :-1]
+        num_twins = int(closes.sum(dim=1).max()) if closes.numel() else 0
+        if num_twins == 0:
+            return None
+        num_new = encoded.byte_states.shape[1]
+        # Rows with fewer twins repeat the last byte, whose output is not replaced.
+        index = true_positions(closes, fill=num_new - 1)
+        end = encoded.byte_ends + num_new
+        cache.reserve(int(end.max()) + num_twins)
+        return cls(
+            index=index,
+            is_twin=index < num_new - 1,
+            slots=encoded.byte_ends[:, None] + index,
+            write_slots=end[:, None] + torch.arange(num_twins, device=index.device),
+            targets=(encoded.segmentation.patch_index.gather(1, index) - 1).clamp(min=0),
+        )
+
+
+def bytes_before(token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` byte ids before each slot of `ends` in `token_ids` (batch, slots), 0 before a row's first real
+    slot `starts[r]` (batch,), as stock BLT pads the left context of hash n-grams.
+
+    `ends` is (batch,) or (batch, anchors) -> (batch, count) or (batch, anchors, count).
+    """
+    slots = ends[..., None] - count + torch.arange(count, device=ends.device)
+    history = token_ids.gather(1, slots.clamp(min=0).flatten(1)).view_as(slots)
+    row_starts = starts.view(-1, *[1] * (slots.dim() - 1))
+    return history.masked_fill(slots < row_starts, 0)
+
+
+def reaches_max_patch_length(
+    ends_patch: torch.Tensor, open_patch_length: torch.Tensor, max_patch_length: int
+) -> torch.Tensor:
+    """Bytes where a patch (counted from its entropy-defined start) reaches a multiple of `max_patch_length`."""
+    num_new = ends_patch.shape[1]
+    offsets = torch.arange(num_new, device=ends_patch.device).expand_as(ends_patch)
+    starts_run = torch.zeros_like(ends_patch)
+    starts_run[:, 1:] = ends_patch[:, :-1]
+    run_start = torch.where(starts_run, offsets, torch.full_like(offsets, -(1 << 40)))
+    run_start[:, 0] = torch.where(starts_run[:, 0], 0, -open_patch_length)
+    run_start = run_start.cummax(dim=1).values
+    return (offsets - run_start + 1) % max_patch_length == 0
+
+
+class BltDiffusionPreTrainedModel(PreTrainedModel):
+    config_class = BltDiffusionConfig
+    config: BltDiffusionConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BltDiffusionTransformerLayer", "BltDiffusionCrossAttention"]
+    _supports_sdpa = True
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.(original_)?inv_freq"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated normal with std 1/sqrt(fan_in), as the original BLT; norms start at 1."""
+        if isinstance(module, nn.Linear):
+            std = module.in_features**-0.5
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        elif isinstance(module, nn.Embedding):
+            std = module.embedding_dim**-0.5
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        elif isinstance(module, BltDiffusionRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, BltDiffusionRotaryEmbedding):
+            # Buffers are not in checkpoints; models built on the meta device must recompute them.
+            init.copy_(module.inv_freq, module.compute_inv_freq()[0])
+        elif isinstance(module, BltDiffusionByteNgramHasher):
+            powers, table_offsets = module.compute_buffers()
+            init.copy_(module.powers, powers)
+            init.copy_(module.table_offsets, table_offsets)
+
+
+class BltDiffusionBlockDecodingMixin:
+    """What BLT-D adds to `BltDiffusionModel`: decoding blocks of cells, in training over whole sequences and one
+    denoising step at a time at inference. It reads the model's local encoder, global transformer, local decoder and
+    cell embedding (`diffusion_embed_tokens` or `diffusion_mask_embedding`, see `config.diffusion_cell_embedding`);
+    `BltDiffusionModel` does everything autoregressive."""
+
+    def decode_with_blocks(self, encoded: EncodedBytes, blocks: DiffusionBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time decoder pass over [clean bytes ; corrupted block cells] of whole sequences (no cache).
+
+        Clean bytes are decoded exactly as by `forward`. Block cells enter through `train_cell_states`, keep their
+        original positions for RoPE, read the latent that decoding gives a block
+        at their anchor (see `DiffusionBlocks`; `provisional_latents` for blocks inside patches), and attend as
+        `BlockDiffusionLayout` allows.
+
+        Returns:
+            clean states `(batch, seq, decoder_hidden)` and cell states `(batch, blocks, B, decoder_hidden)`.
+        """
+        if self.config.diffusion_block_size <= 0:
+            raise ValueError("This model has no diffusion parameters: set `diffusion_block_size` > 0 in its config.")
+        byte_states = encoded.byte_states
+        batch_size, num_clean, _ = byte_states.shape
+        cell_slots = blocks.cell_slots()
+        # Patches closed before the anchor; at a patch start, the last of them is the one the byte before it ends.
+        segmentation = encoded.segmentation
+        closed_through = segmentation.patch_index + segmentation.ends_patch.long()
+        closed_before = closed_through.gather(1, (blocks.starts - 1).clamp(min=0))
+        block_latent = (closed_before - 1).clamp(min=0)
+        latent_keys_values = encoded.latent_keys_values
+        mid_patch = blocks.mid_patch
+        if bool(mid_patch.any()):
+            # Provisional latents go after the closed patches' in the table the decoder gathers from.
+            provisional = self.provisional_latents(encoded, blocks, closed_before)
+            num_closed = latent_keys_values[0][0].shape[1]
+            latent_keys_values = [
+                (torch.cat([keys, more_keys], dim=1), torch.cat([values, more_values], dim=1))
+                for (keys, values), (more_keys, more_values) in zip(latent_keys_values, provisional, strict=True)
+            ]
+            block_latent = torch.where(mid_patch, num_closed + mid_patch.long().cumsum(dim=1) - 1, block_latent)
+        cell_targets = block_latent.repeat_interleave(blocks.block_size, dim=1)
+
+        slots = torch.cat([torch.arange(num_clean, device=byte_states.device).expand(batch_size, -1), cell_slots], 1)
+        context = AttentionContext(
+            position_ids=(slots - encoded.starts[:, None]).clamp(min=0),
+            mask=None,
+            block_layout=BlockDiffusionLayout.build(
+                encoded.starts, num_clean, blocks, self.config.local_attention_window_len
+            ),
+        )
+        decoder_inputs = torch.cat([byte_states, self.train_cell_states(encoded, blocks, context)], dim=1)
+        latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
+        states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
+        return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
+
+    def train_cell_states(
+        self, encoded: EncodedBytes, blocks: DiffusionBlocks, context: AttentionContext
+    ) -> torch.Tensor:
+        """The decoder inputs of training cells, (batch, blocks * B, hidden).
+
+        With `diffusion_cell_embedding="encoder"`, the local encoder reads [clean bytes ; cells] under the same block
+        layout as the decoder (`context`), so each cell reads the clean bytes before its anchor and its own block,
+        and the clean bytes give exactly `encoded.byte_states`; otherwise each cell's input is looked up in
+        `diffusion_embed_tokens`. The encoder's share of the diffusion gradient is scaled by
+        `config.diffusion_encoder_gradient_scale`.
+        """
+        if self.diffusion_mask_embedding is None:
+            return self.diffusion_embed_tokens(blocks.input_ids.flatten(1)).to(encoded.byte_states.dtype)
+        history = bytes_before(encoded.token_ids, encoded.starts, blocks.starts, self.ngram_hasher.window - 1)
+        cell_embeddings = self.embed_cells(blocks.input_ids.flatten(0, 1), history.flatten(0, 1))
+        num_clean = encoded.token_ids.shape[1]
+        clean_embeddings = self.embed_bytes(encoded.token_ids, num_clean)
+        cell_embeddings = cell_embeddings.reshape(clean_embeddings.shape[0], -1, clean_embeddings.shape[-1])
+        embeddings = torch.cat([clean_embeddings, cell_embeddings], dim=1)
+        cell_states = self.local_encoder(embeddings, context)[:, num_clean:]
+        gradient_scale = self.config.diffusion_encoder_gradient_scale
+        if gradient_scale != 1.0 and cell_states.requires_grad:
+            cell_states.register_hook(lambda gradient: gradient * gradient_scale)
+        return cell_states
+
+    def embed_cells(self, cell_ids: torch.Tensor, history_ids: torch.Tensor) -> torch.Tensor:
+        """Encoder inputs of block cells, made as clean bytes' are: a revealed cell's byte embedding plus the hash
+        embedding of every n-gram ending at it whose bytes are all known (the clean bytes before the block and
+        revealed cells); a masked cell's input is the mask embedding alone, so no masked byte leaks.
+
+        Args:
+            cell_ids (`torch.Tensor` of shape `(rows, B)`): byte ids, `config.diffusion_mask_id` for masked cells.
+            history_ids (`torch.Tensor` of shape `(rows, window - 1)`): the clean bytes before each block, 0 before a
+                row's start.
+
+        Returns:
+            `torch.Tensor` of shape `(rows, B, encoder_hidden)`.
+        """
+        masked = cell_ids == self.config.diffusion_mask_id
+        known_ids = cell_ids.masked_fill(masked, 0)
+        embeddings = self.local_encoder.embed_tokens(known_ids)
+        embeddings = torch.where(masked[..., None], self.diffusion_mask_embedding.weight[0], embeddings)
+        table_embeddings = self.encoder_hash_tok_embedding(self.ngram_hasher(torch.cat([history_ids, known_ids], 1)))
+        # masked_before[:, j]: masked cells among the block's first j.
+        masked_before = F.pad(masked.long().cumsum(dim=1), (1, 0))
+        offsets = torch.arange(cell_ids.shape[1], device=cell_ids.device)
+        group_sizes = self.ngram_hasher.group_sizes
+        for table_embedding, group_size in zip(table_embeddings.unbind(dim=2), group_sizes, strict=True):
+            first = (offsets - group_size + 1).clamp(min=0)
+            known = masked_before[:, offsets + 1] == masked_before[:, first]
+            embeddings = embeddings + table_embedding * known[..., None]
+        return embeddings
+
+    def block_cell_states(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder inputs of a block's cells at inference, (batch, B, hidden): as in `train_cell_states`, the
+        local encoder reads the cells against the cached clean bytes (its keys for the cells are written past the
+        cache's end and never kept), or `diffusion_embed_tokens` is looked up."""
+        if self.diffusion_mask_embedding is None:
+            return self.diffusion_embed_tokens(cell_ids).to(cache.encoder_states.dtype)
+        block_starts, block_size = cache.byte_ends, cell_ids.shape[1]
+        history = bytes_before(cache.token_ids, cache.starts, block_starts, self.ngram_hasher.window - 1)
+        query_slots = block_starts[:, None] + torch.arange(block_size, device=cell_ids.device)
+        context = build_query_attention_context(
+            cache.starts,
+            query_slots,
+            visible_until=(block_starts + block_size)[:, None].expand_as(query_slots),
+            sliding_window=self.config.local_attention_window_len,
+            buffer=cache.encoder,
+        )
+        return self.local_encoder(self.embed_cells(cell_ids, history), context).to(cache.encoder_states.dtype)
+
+    def provisional_latents(
+        self, encoded: EncodedBytes, blocks: DiffusionBlocks, closed_before: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The provisional latent of every training block anchored inside a patch, as decoding computes it there.
+
+        A block's open patch is its patch's bytes before the anchor. They are pooled as if the patch closed there,
+        and the global transformer reads the result at the position after the closed patches, attending those
+        patches' keys (`encoded.patch_keys`) and its own, as `encode(..., with_open_patch=True)` does at inference.
+        The open patches of different blocks never share bytes (see `move_anchors_into_patches`).
+
+        Args:
+            encoded (`EncodedBytes`): from `encode(..., keep_patch_keys=True)` on the clean bytes.
+            blocks (`DiffusionBlocks`): the blocks, some anchored inside patches.
+            closed_before (`torch.Tensor` of shape `(batch, blocks)`): patches closed before each anchor.
+
+        Returns:
+            per decoder cross-attention layer, keys and values of shape `(batch, mid_blocks, k, kv_heads, head_dim)`,
+            the row's blocks inside patches in order (rows with fewer repeat harmless padding latents).
+        """
+        if encoded.patch_keys is None:
+            raise ValueError("Blocks anchored inside patches need `encode(..., keep_patch_keys=True)`.")
+        mid_patch = blocks.mid_patch
+        num_provisional = int(mid_patch.sum(dim=1).max())
+        order = mid_patch.long().cumsum(dim=1) - 1
+        byte_slots = torch.arange(encoded.byte_states.shape[1], device=mid_patch.device)
+        in_open_patch = (
+            mid_patch[..., None]
+            & (byte_slots >= blocks.open_patch_starts[..., None])
+            & (byte_slots < blocks.starts[..., None])
+        )
+        byte_patch_index = torch.where(in_open_patch, order[..., None], num_provisional).amin(dim=1)
+        patch_embeddings = self.local_encoder.pool_patches(encoded.byte_states, byte_patch_index, num_provisional)
+
+        mid_blocks = true_positions(mid_patch, fill=-1)
+        positions = closed_before.gather(1, mid_blocks.clamp(min=0)).masked_fill(mid_blocks < 0, 0)
+        num_closed = encoded.latent_keys_values[0][0].shape[1]
+        context = build_query_attention_context(
+            torch.zeros_like(positions[:, 0]),
+            positions,
+            visible_until=positions,
+            sliding_window=None,
+            buffer=encoded.patch_keys.extended(num_closed + num_provisional),
+            write_slots=num_closed + torch.arange(num_provisional, device=positions.device).expand_as(positions),
+        )
+        return self.local_decoder.latent_keys_values(self.global_transformer(patch_embeddings, context))
+
+    def decode_block(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """One denoising step of block diffusion (BLT-D inference): decode a block of cells after the cache's bytes.
+
+        The cells read the newest latent: the open patch's provisional one (from `encode(..., with_open_patch=True)`,
+        one slot past the closed patches), or the last closed patch's when the newest byte closed it, as training
+        gives blocks anchored inside patches and at patch starts (`DiffusionBlocks`). Clean bytes the decoder has not
+        seen yet are decoded first, in the same call, causally and with their own latents, as in training. Cells
+        attend every clean byte (within the window) and each other, bidirectionally; their keys are written past the
+        cache's end and never kept.
+
+        Args:
+            cache (`BltDiffusionCache`): holds the clean bytes, encoded with the open patch's latent.
+            cell_ids (`torch.Tensor` of shape `(batch, block)`): byte ids, `diffusion_mask_id` for masked cells.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, block, decoder_hidden)`: the cells' decoder states.
+        """
+        block_size = cell_ids.shape[1]
+        starts, block_starts = cache.starts, cache.byte_ends
+        # Rows may hold different numbers of bytes (speculative decoding): each row's queries end at its own block.
+        # Every row decodes as many clean bytes as the row furthest behind needs; re-decoding a byte that was
+        # already decoded for good rewrites the same keys.
+        num_clean = int((block_starts - cache.decoder.ends).max())
+        cache.reserve(int(block_starts.max()) + block_size)
+        offsets = torch.arange(-num_clean, block_size, device=cell_ids.device)
+        query_slots = (block_starts[:, None] + offsets).clamp(min=0)
+        clean_slots = query_slots[:, :num_clean]
+
+        ends_patch = cache.ends_patch.gather(1, clean_slots)
+        closed_after = ends_patch.flip(1).cumsum(1).flip(1) - ends_patch.long()
+        clean_targets = cache.num_patches[:, None] - closed_after - 1
+        newest_is_final = cache.ends_patch.gather(1, (block_starts - 1).clamp(min=0)[:, None])[:, 0]
+        newest_latent = (cache.num_patches - newest_is_final.long()).clamp(min=0)
+        latent_targets = torch.cat([clean_targets.clamp(min=0), newest_latent[:, None].expand_as(cell_ids)], dim=1)
+
+        rows = torch.arange(cell_ids.shape[0], device=cell_ids.device)[:, None]
+        clean_states = cache.encoder_states[rows, clean_slots]
+        cell_states = self.block_cell_states(cache, cell_ids)
+        # Clean bytes read causally; cells read every real byte before the block and the whole block.
+        block_ends = (block_starts + block_size)[:, None]
+        visible_until = torch.where(offsets < 0, query_slots + 1, block_ends)
+        aligned = bool((block_starts == block_starts[0]).all()) and int(block_starts[0]) >= num_clean
+        context = build_query_attention_context(
+            starts,
+            query_slots,
+            visible_until,
+            self.config.local_attention_window_len,
+            cache.decoder,
+            shared_write_start=int(query_slots[0, 0]) if aligned else None,
+        )
+        states = self.local_decoder(
+            torch.cat([clean_states, cell_states], dim=1),
+            gather_latents(cache.latent_keys_values, latent_targets),
+            context,
+        )
+        cache.mark_decoded(block_starts, newest_is_final)
+        return states[:, -block_size:]
+
+
+class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedModel):
+    def __init__(self, config: BltDiffusionConfig):
+        super().__init__(config)
+        self.local_encoder = BltDiffusionLocalEncoder(config.encoder_config)
+        self.global_transformer = BltDiffusionGlobalTransformer(config.global_config)
+        self.local_decoder = BltDiffusionLocalDecoder(config.decoder_config)
+        self.ngram_hasher = BltDiffusionByteNgramHasher(config)
+        num_hash_tables = self.ngram_hasher.table_offsets.numel()
+        self.encoder_hash_tok_embedding = nn.Embedding(
+            config.encoder_hash_byte_group_vocab * num_hash_tables, config.encoder_config.hidden_size
+        )
+        if config.patch_in_forward:
+            self.patcher = BltDiffusionPatcher(config.patcher_config)
+            self.patcher.requires_grad_(False)
+        else:
+            self.patcher = None
+        # BLT-D's only new parameters: a stock checkpoint keeps every weight and its autoregressive path.
+        self.diffusion_embed_tokens = self.diffusion_mask_embedding = None
+        if config.diffusion_block_size > 0 and config.diffusion_cell_embedding == "encoder":
+            # Cells go through the local encoder as clean bytes do; a masked cell needs an input of its own.
+            self.diffusion_mask_embedding = nn.Embedding(1, config.encoder_config.hidden_size)
+        elif config.diffusion_block_size > 0:
+            # Cells enter the decoder through a byte-and-mask table of their own, beside the encoder's outputs.
+            self.diffusion_embed_tokens = nn.Embedding(config.diffusion_mask_id + 1, config.decoder_config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.local_encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.local_encoder.embed_tokens = value
+
+    def patcher_entropies(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-byte entropies of whole sequences (batch, seq) -> (batch, seq), without a cache."""
+        if self.patcher is None:
+            raise ValueError("This model has no entropy patcher (`patch_in_forward=False`).")
+        no_padding = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        context = build_attention_context(
+            no_padding, no_padding, input_ids.shape[1], self.config.patcher_config.sliding_window, None
+        )
+        return self.patcher(input_ids, context)
+
+    def embed_bytes(self, token_ids: torch.Tensor, num_new: int) -> torch.Tensor:
+        """Byte plus hash n-gram embeddings of the last `num_new` bytes of `token_ids` (batch, context + num_new),
+        whose first bytes are left context for the n-grams. Returns (batch, num_new, encoder_hidden)."""
+        context = self.ngram_hasher.window - 1
+        padded = F.pad(token_ids, (max(0, context + num_new - token_ids.shape[1]), 0))
+        embeddings = self.local_encoder.embed_tokens(padded[:, -num_new:])
+        table_embeddings = self.encoder_hash_tok_embedding(self.ngram_hasher(padded[:, -(context + num_new) :]))
+        # Added one table at a time, in stock BLT's order, so that the float sums match it bit for bit.
+        for table_embedding in table_embeddings.unbind(dim=2):
+            embeddings = embeddings + table_embedding
+        return embeddings
+
+    def segment(
+        self,
+        entropies: torch.Tensor | None,
+        positions: torch.Tensor,
+        real: torch.Tensor,
+        open_patch_length: torch.Tensor,
+        num_patches: torch.Tensor,
+        frontier: bool,
+    ) -> PatchSegmentation:
+        """Decide which new bytes close a patch and which latent the decoder reads at each.
+
+        Args:
+            entropies (`torch.Tensor` of shape `(batch, new)`, *optional*): patcher entropies; None without a patcher,
+                which makes every byte its own patch (stock BLT with `patch_in_forward=False`).
+            positions (`torch.Tensor` of shape `(batch, new)`): byte positions (0 is the first byte of a row).
+            real (`torch.Tensor` of shape `(batch, new)`): False for left padding.
+            open_patch_length (`torch.Tensor` of shape `(batch,)`): bytes already in the open patch.
+            num_patches (`torch.Tensor` of shape `(batch,)`): patches closed before this call.
+            frontier (`bool`): the last new byte is the newest byte of the sequence (stock BLT's quirk below).
+        """
+        config = self.config
+        if entropies is None:
+            ends_patch = real.clone()
+        else:
+            ends_patch = real & ((positions == 0) | (entropies > config.patching_threshold))
+            if config.max_patch_length is not None:
+                ends_patch |= real & reaches_max_patch_length(ends_patch, open_patch_length, config.max_patch_length)
+        closed_through = num_patches[:, None] + ends_patch.long().cumsum(dim=1)
+        patch_index = closed_through - ends_patch.long()
+        decoder_target = closed_through - 1
+        if frontier and entropies is not None and config.max_patch_length is not None:
+            # Stock BLT drops the trailing empty patch when splitting long patches, so its newest byte reads the
+            # latent before its own patch even when it closes that patch.
+            decoder_target[:, -1] = (patch_index[:, -1] - 1).clamp(min=0)
+        return PatchSegmentation(
+            ends_patch=ends_patch,
+            patch_index=patch_index,
+            decoder_target=decoder_target.clamp(min=0),
+            new_patches=ends_patch.sum(dim=1),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: BltDiffusionCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        stepwise: bool = False,
+        with_open_patch: bool = False,
+    ) -> torch.Tensor:
+        """Append `input_ids` to `cache` (or to an empty sequence) and decode them.
+
+        Args:
+            input_ids (`torch.Tensor` of shape `(batch, new)`): byte ids. Without a cache, a whole (left-padded)
+                sequence; with one, the bytes that follow what the cache holds.
+            cache (`BltDiffusionCache`, *optional*): updated in place.
+            attention_mask (`torch.Tensor` of shape `(batch, new)`, *optional*): 0 for left padding; only allowed
+                on an empty cache.
+            stepwise (`bool`, *optional*): with a cache, give every new byte the output that appending the bytes one
+                at a time would give, as verifying a draft needs. It differs from a full forward only with
+                `max_patch_length`, at bytes that close a patch (see `BltDiffusionCache`).
+            with_open_patch (`bool`, *optional*): with a cache, also give the open patch the provisional latent that a
+                diffusion block appended next reads (see `encode`).
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, decoder_hidden)`: decoder states, one per new byte.
+        """
+        return self._decode(cache, self.encode(input_ids, cache, attention_mask, with_open_patch), stepwise)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        cache: BltDiffusionCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        with_open_patch: bool = False,
+        keep_patch_keys: bool = False,
+    ) -> EncodedBytes:
+        """Everything but the local decoder: patcher, segmentation, encoder, and the global transformer on every
+        patch the new bytes close. Arguments as in `forward`; the cache's byte-level buffers (except the decoder's)
+        and patch buffers are updated in place.
+
+        `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
+        see `decode_block`. `keep_patch_keys` (without a cache) keeps the global transformer's keys and values in
+        `EncodedBytes.patch_keys`, as training blocks anchored inside patches need: see `decode_with_blocks`."""
+        num_new = input_ids.shape[1]
+        starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
+        positions = slots - starts[:, None]
+        token_ids = input_ids.masked_fill(~real, 0)
+        byte_embeddings = self._embed_new_bytes(token_ids, cache, starts, byte_ends)
+
+        entropies = None
+        if self.patcher is not None:
+            patcher_buffer = cache.patcher if cache is not None else None
+            patcher_context = build_attention_context(
+                starts, byte_ends, num_new, self.config.patcher_config.sliding_window, patcher_buffer
+            )
+            entropies = self.patcher(token_ids, patcher_context)
+        window = self.config.local_attention_window_len
+        encoder_context = build_attention_context(
+            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None
+        )
+        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+
+        num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
+        open_patch_start = cache.open_patch_starts() if cache is not None else starts
+        segmentation = self.segment(
+            entropies, positions, real, (byte_ends - open_patch_start).clamp(min=0), num_patches, frontier=True
+        )
+
+        patch_keys = None
+        if cache is None and keep_patch_keys:
+            patch_keys = KeyValueBuffer.for_stack(
+                self.config.global_config, input_ids.shape[0], num_new, byte_states.dtype, byte_states.device
+            )
+        latent_keys_values = self._close_patches(
+            cache,
+            byte_states,
+            segmentation,
+            open_patch_start,
+            byte_ends,
+            starts,
+            num_patches,
+            with_open_patch,
+            patch_keys,
+        )
+        if cache is not None:
+            cache.append_bytes(slots, token_ids, byte_states, segmentation.ends_patch)
+        return EncodedBytes(
+            byte_states=byte_states,
+            segmentation=segmentation,
+            latent_keys_values=latent_keys_values,
+            starts=starts,
+            byte_ends=byte_ends,
+            real=real,
+            byte_context=encoder_context,
+            patch_keys=patch_keys,
+            token_ids=token_ids,
+        )
+
+    def _append_slots(
+        self, input_ids: torch.Tensor, cache: BltDiffusionCache | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where new bytes go: `starts` (batch,) first real slot per row (set from `attention_mask` on an empty
+        cache), `byte_ends` (batch,) bytes held before them, `slots` (batch, new) and `real` (batch, new), False for
+        left padding."""
+        batch_size, num_new = input_ids.shape
+        device = input_ids.device
+        if cache is None or cache.is_empty():
+            starts = (
+                torch.zeros(batch_size, dtype=torch.long, device=device)
+                if attention_mask is None
+                else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+            )
+            if cache is not None:
+                cache.start_rows(starts)
+        else:
+            starts = cache.starts
+        byte_ends = cache.byte_ends if cache is not None else torch.zeros_like(starts)
+        slots = byte_ends[:, None] + torch.arange(num_new, device=device)
+        return starts, byte_ends, slots, slots >= starts[:, None]
+
+    def _embed_new_bytes(
+        self,
+        token_ids: torch.Tensor,
+        cache: BltDiffusionCache | None,
+        starts: torch.Tensor,
+        byte_ends: torch.Tensor,
+    ) -> torch.Tensor:
+        """Byte plus hash n-gram embeddings of new bytes (batch, new), their left context read from the cache."""
+        num_new = token_ids.shape[1]
+        if cache is not None:
+            # One slot more for a provisional open-patch latent.
+            cache.reserve(int(byte_ends.max()) + num_new + 1)
+            history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
+            token_ids = torch.cat([history, token_ids], dim=1)
+        return self.embed_bytes(token_ids, num_new)
+
+    def draft_byte(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
+        """Append one drafted byte per row (batch, 1) to the encoder and decoder only, for self-speculative drafting.
+
+        The patcher does not run and no patch closes, so the byte reads the last closed latent, as every byte of an
+        open patch does, and the global transformer does not run. The caller rolls the encoder and decoder back
+        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by `forward`,
+        which is why only the byte itself is stored (the next drafted byte's hash n-grams read it): its encoder state
+        and patch end are written by the verifying forward.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
+        """
+        starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
+        byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
+        encoder_context = build_attention_context(
+            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder
+        )
+        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+        cache.append_draft_byte(slots, input_ids)
+        num_patches = cache.num_patches[:, None]
+        open_patch = PatchSegmentation(
+            ends_patch=torch.zeros_like(real),
+            patch_index=num_patches,
+            decoder_target=(num_patches - 1).clamp(min=0),
+            new_patches=torch.zeros_like(cache.num_patches),
+        )
+        encoded = EncodedBytes(
+            byte_states, open_patch, cache.latent_keys_values, starts, byte_ends, real, encoder_context
+        )
+        return self._decode(cache, encoded)
+
+    def _close_patches(
+        self,
+        cache: BltDiffusionCache | None,
+        byte_states: torch.Tensor,
+        segmentation: PatchSegmentation,
+        open_patch_start: torch.Tensor,
+        byte_ends: torch.Tensor,
+        starts: torch.Tensor,
+        num_patches: torch.Tensor,
+        with_open_patch: bool = False,
+        patch_keys: KeyValueBuffer | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pool, globally encode and project the patches closed by this call's bytes.
+
+        With `with_open_patch` (caching only), the open patch is pooled too, as if it were closed, in the same
+        global call: its latent is provisional, stored one slot past the closed patches and not counted in them.
+        Without a cache, the global keys and values go to `patch_keys` when given.
+
+        Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
+        cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
+        """
+        max_new_patches = int(segmentation.new_patches.max())
+        num_pooled = max_new_patches + int(with_open_patch)
+        if num_pooled == 0:
+            return cache.latent_keys_values if cache is not None else []
+        device = byte_states.device
+        batch_size = byte_states.shape[0]
+        if cache is not None:
+            # The open patch's earlier bytes live in the cache; pool over them and the new bytes together.
+            window_start = int(open_patch_start.min())
+            history_states = cache.encoder_states[:, window_start : int(byte_ends.max())]
+            history_slots = torch.arange(window_start, window_start + history_states.shape[1], device=device)
+            in_open_patch = (history_slots >= open_patch_start[:, None]) & (history_slots < byte_ends[:, None])
+            history_patch = torch.where(in_open_patch, 0, num_pooled)
+            window_states = torch.cat([history_states.to(byte_states.dtype), byte_states], dim=1)
+        else:
+            window_states = byte_states
+            history_patch = byte_states.new_zeros(batch_size, 0, dtype=torch.long)
+        local_patch = segmentation.patch_index - num_patches[:, None]
+        slots_new = byte_ends[:, None] + torch.arange(byte_states.shape[1], device=device)
+        # Bytes after a row's last patch end form its open patch, local index `new_patches`.
+        pooled = slots_new >= starts[:, None]
+        if not with_open_patch:
+            pooled &= local_patch < segmentation.new_patches[:, None]
+        local_patch = torch.where(pooled, local_patch, num_pooled)
+        byte_patch_index = torch.cat([history_patch, local_patch], dim=1)
+        patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, num_pooled)
+
+        global_context = build_attention_context(
+            torch.zeros_like(num_patches),
+            num_patches,
+            num_pooled,
+            None,
+            cache.global_transformer if cache is not None else patch_keys,
+        )
+        global_states = self.global_transformer(patch_embeddings, global_context)
+        new_keys_values = self.local_decoder.latent_keys_values(global_states)
+        if cache is None:
+            return new_keys_values
+        cache.append_patches(new_keys_values, segmentation.new_patches)
+        return cache.latent_keys_values
+
+    def _decode(self, cache: BltDiffusionCache | None, encoded: EncodedBytes, stepwise: bool = False) -> torch.Tensor:
+        """Run the local decoder on the new bytes, re-decoding the previous newest byte when its latent changed."""
+        byte_states = encoded.byte_states
+        num_new = byte_states.shape[1]
+        decoder_targets = encoded.segmentation.decoder_target
+        decoder_start = encoded.byte_ends
+        if cache is not None and cache.decoder_lags_behind(encoded.byte_ends):
+            # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
+            # again with its final one, in every row to keep one shape (identically where it was final already).
+            decoder_start = encoded.byte_ends - 1
+            rows = torch.arange(byte_states.shape[0], device=byte_states.device)
+            previous_state = cache.encoder_states[rows, decoder_start].to(byte_states.dtype)
+            previous_target = (cache.num_patches - encoded.segmentation.new_patches - 1).clamp(min=0)
+            byte_states = torch.cat([previous_state[:, None], byte_states], dim=1)
+            decoder_targets = torch.cat([previous_target[:, None], decoder_targets], dim=1)
+        twins = None
+        if stepwise and cache is not None and cache.newest_byte_is_provisional:
+            twins = FrontierTwins.build(cache, encoded)
+        if twins is None:
+            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1])
+            gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
+            decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
+        else:
+            decoder_states = self._decode_with_twins(
+                cache, encoded, byte_states, decoder_targets, decoder_start, twins
+            )
+        if cache is not None:
+            cache.mark_decoded(decoder_start + byte_states.shape[1], encoded.segmentation.ends_patch[:, -1])
+        return decoder_states
+
+    def _decoder_context(
+        self, cache: BltDiffusionCache | None, encoded: EncodedBytes, decoder_start: torch.Tensor, num_queries: int
+    ) -> AttentionContext:
+        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on."""
+        buffer = cache.decoder if cache is not None else None
+        if num_queries == encoded.byte_states.shape[1]:
+            # Exactly the encoder's bytes, positions and window: only the buffer differs.
+            return replace(encoded.byte_context, buffer=buffer)
+        return build_attention_context(
+            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer
+        )
+
+    def _decode_with_twins(
+        self,
+        cache: BltDiffusionCache,
+        encoded: EncodedBytes,
+        byte_states: torch.Tensor,
+        decoder_targets: torch.Tensor,
+        decoder_start: torch.Tensor,
+        twins: FrontierTwins,
+    ) -> torch.Tensor:
+        """Decode the queries `byte_states` (batch, queries, hidden), whose last ones are the new bytes, and the
+        twins in one decoder call; returns the new bytes' states (batch, new, hidden), the twins' outputs in place of
+        those of the bytes they copy.
+
+        A twin writes its keys past the row's end, so the bytes' queries, which read nothing after themselves, never
+        see it; it reads the bytes' keys of the same layer before it, as it would once they were in the cache.
+        """
+        num_queries, num_new = byte_states.shape[1], encoded.byte_states.shape[1]
+        slots = decoder_start[:, None] + torch.arange(num_queries, device=byte_states.device)
+        hidden_size = byte_states.shape[-1]
+        twin_inputs = encoded.byte_states.gather(1, twins.index[..., None].expand(-1, -1, hidden_size))
+        query_slots = torch.cat([slots, twins.slots], dim=1)
+        context = build_query_attention_context(
+            encoded.starts,
+            query_slots,
+            visible_until=query_slots,
+            sliding_window=self.config.local_attention_window_len,
+            buffer=cache.decoder,
+            write_slots=torch.cat([slots, twins.write_slots], dim=1),
+        )
+        gathered = gather_latents(encoded.latent_keys_values, torch.cat([decoder_targets, twins.targets], dim=1))
+        outputs = self.local_decoder(torch.cat([byte_states, twin_inputs], dim=1), gathered, context)
+        decoder_states, twin_states = outputs[:, num_queries - num_new : num_queries], outputs[:, num_queries:]
+        index = twins.index[..., None].expand(-1, -1, decoder_states.shape[-1])
+        current = decoder_states.gather(1, index)
+        return decoder_states.scatter(1, index, torch.where(twins.is_twin[..., None], twin_states, current))
+
+
+@dataclass
+class BltDiffusionCausalLMOutput(ModelOutput):
+    """
+    Output of [`BltDiffusionForCausalLM`].
+
+    loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the next-byte cross-entropy; for a BLT-D
+        model (`diffusion_block_size` > 0) `clean_loss + diffusion_loss`.
+    logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
+    cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
+        `cache`, formerly `past_key_values`).
+    clean_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the next-byte term (Eq. 5 of the paper);
+        with the default reduction it equals a plain BLT's loss, so it gives held-out bits per byte.
+    diffusion_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the masked-cell term (Eq. 6).
+    diffusion_logits (`torch.FloatTensor` of shape `(batch, blocks, B, vocab)`, *optional*): BLT-D only, each block
+        cell's logits for the byte at its own position.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: BltDiffusionCache | None = None
+    clean_loss: torch.FloatTensor | None = None
+    diffusion_loss: torch.FloatTensor | None = None
+    diffusion_logits: torch.FloatTensor | None = None
+
+
+class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGenerationMixin):
+    """BLT with a language-modelling head, cached incremental inference and the BLT-D/BLT-S decoding strategies.
+
+    Example:
+
+    ```python
+    >>> from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
+    >>> model = BltDiffusionForCausalLM.from_pretrained("path/to/checkpoint")
+    >>> tokenizer = BltDiffusionTokenizer()
+    >>> inputs = tokenizer("def add(a, b):", return_tensors="pt")
+    >>> tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0])
+    ```
+    """
+
+    generation_config_class = BltDiffusionGenerationConfig
+
+    def __init__(self, config: BltDiffusionConfig):
+        super().__init__(config)
+        self.model = BltDiffusionModel(config)
+        self.lm_head = nn.Linear(config.decoder_config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args, **kwargs):
+        """transformers' `save_pretrained`, plus a model card (`README.md`, see `modelcard_blt_diffusion.py`) where the
+        directory has none: a card already there is never overwritten."""
+        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process:
+            write_model_card(save_directory, self)
+
+    def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, *args, **kwargs):
+        # `push_to_hub` (and `save_pretrained(push_to_hub=True)`) replace README.md by the Hub repo's card just before
+        # uploading, or by transformers' placeholder where the repo has none: the placeholder gives way to this
+        # model's card, which keeps its tags.
+        card_path = Path(working_dir) / MODEL_CARD_NAME
+        if is_transformers_placeholder(card_path):
+            placeholder_tags = ModelCard.load(card_path).data.tags or []
+            write_model_card(
+                working_dir,
+                self,
+                overwrite=True,
+                name=repo_id.split("/")[-1],
+                model_id=repo_id,
+                extra_tags=placeholder_tags,
+            )
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device | str | None = None) -> BltDiffusionCache:
+        """An empty cache for `batch_size` rows with room for `capacity` bytes each (it grows if needed)."""
+        return BltDiffusionCache(self.config, batch_size, capacity, self.dtype, device or self.device)
+
+    def validate_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, allow_right_padding: bool
+    ) -> None:
+        """Reject inputs the model cannot read with a message that names the problem."""
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"`input_ids` must hold integer byte ids, got dtype {input_ids.dtype}.")
+        if input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"`input_ids` contains id {bad}, outside the model's vocabulary [0, {self.config.vocab_size})."
+                )
+        if attention_mask is None:
+            return
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
+                f"{tuple(input_ids.shape)}; they must match."
+            )
+        mask = attention_mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("Every row of `attention_mask` needs at least one 1 (a row without tokens).")
+        # Rows must be one contiguous run of tokens: padding on the left (and, without a cache, on the right).
+        starts_run = mask[:, 1:] & ~mask[:, :-1]
+        if bool((starts_run.sum(dim=1) + mask[:, 0].long() > 1).any()):
+            raise ValueError("`attention_mask` has holes: each row must be padding, then tokens, then padding.")
+        if not allow_right_padding and bool((~mask[:, -1]).any()):
+            raise ValueError("Right padding is not supported here: pad on the left (tokenizer.padding_side = 'left').")
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: BltDiffusionCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        diffusion_blocks: DiffusionBlocks | None = None,
+        **kwargs,
+    ) -> BltDiffusionCausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `cache`, the bytes
+                that follow what the cache holds.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding. Left padding
+                always; right padding only without a cache (labels there should be -100).
+            cache (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one. Formerly
+                `past_key_values`, still accepted until transformers 5.40 as for every transformers model.
+            labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets for the shifted next-byte loss,
+                -100 to ignore.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*): keep only the last n positions' logits (0: all).
+            diffusion_blocks (`DiffusionBlocks`, *optional*): BLT-D only, corrupted blocks to decode instead of
+                sampling them (for reproducible evaluation); see `sample_diffusion_blocks`.
+
+        A BLT-D model given `labels` (or `diffusion_blocks`) also decodes corrupted blocks and returns the
+        block-diffusion objective: `loss = clean_loss + diffusion_loss` (see `diffusion_losses`).
+        """
+        if inputs_embeds is not None:
+            raise ValueError(
+                "BLT needs byte ids (its hash n-gram embeddings are computed from them): pass `input_ids`."
+            )
+        if input_ids is None:
+            raise ValueError("`input_ids` is required.")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
+        cache_is_empty = cache is None or cache.is_empty()
+        self.validate_inputs(input_ids, attention_mask, allow_right_padding=cache is None and not use_cache)
+        # Any integer dtype of ids is accepted; embeddings and caches take int64.
+        input_ids = input_ids.long()
+        if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
+            raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
+        diffusion = diffusion_blocks is not None or (labels is not None and self.config.diffusion_block_size > 0)
+        if diffusion:
+            if cache is not None or use_cache:
+                raise ValueError("The block-diffusion objective runs on whole sequences: do not pass a cache.")
+            return self._forward_diffusion(input_ids, attention_mask, labels, diffusion_blocks, **kwargs)
+        if cache is None and use_cache:
+            cache = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
+        hidden_states = self.model(input_ids, cache=cache, attention_mask=attention_mask)
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.compute_logits(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=cache)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The LM head: decoder states (..., decoder_hidden) -> float32 next-byte logits (..., vocab)."""
+        return self.lm_head(hidden_states).float()
+
+    def append_bytes(
+        self,
+        cache: BltDiffusionCache,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        stepwise: bool = False,
+        open_block: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Decoding interface: append bytes to `cache` through the whole model and return next-byte logits.
+
+        Args:
+            cache (`BltDiffusionCache`): updated in place.
+            input_ids (`torch.Tensor` of shape `(batch, new)`): bytes after those the cache holds (the prompt, left
+                padded under `attention_mask`, on an empty cache).
+            stepwise (`bool`): give every byte the output that appending the bytes one at a time would give, as
+                verifying a draft needs.
+            open_block (`bool`): also give the open patch the provisional latent that a diffusion block appended
+                next reads, so that `block_logits` can follow.
+            last_only (`bool`): return only the logits after the last byte.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, new, vocab)`, or `(batch, vocab)` with `last_only`: the logits of the
+            byte following each new byte.
+        """
+        hidden_states = self.model(input_ids, cache, attention_mask, stepwise=stepwise, with_open_patch=open_block)
+        return self.compute_logits(hidden_states[:, -1] if last_only else hidden_states)
+
+    def open_block(
+        self, cache: BltDiffusionCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> None:
+        """Decoding interface, BLT-D: append committed bytes (batch, new) to every level but the local decoder (it
+        reads them with the block's first denoising step) and open a diffusion block after them."""
+        self.model.encode(input_ids, cache, attention_mask, with_open_patch=True)
+
+    def block_logits(self, cache: BltDiffusionCache, cell_ids: torch.Tensor) -> torch.Tensor:
+        """Decoding interface, BLT-D: one denoising step of the block opened after the cache's bytes.
+
+        `cell_ids` (batch, block): byte ids, `config.diffusion_mask_id` for masked cells -> each cell's logits
+        (batch, block, vocab). The cache keeps nothing of the cells.
+        """
+        return self.compute_logits(self.model.decode_block(cache, cell_ids))
+
+    def draft_logits(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
+        """Decoding interface, BLT-S: append one drafted byte per row (batch, 1) to the local encoder and decoder
+        only, reading the last closed latent, and return the logits after it (batch, vocab). Crop the cache back
+        before the drafts are verified with `append_bytes(..., stepwise=True)`."""
+        return self.compute_logits(self.model.draft_byte(cache, input_ids)[:, -1])
+
+    def _forward_diffusion(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        diffusion_blocks: DiffusionBlocks | None,
+        **kwargs,
+    ) -> BltDiffusionCausalLMOutput:
+        """Clean bytes and corrupted blocks in one decoder pass; the encoder and global transformer see only clean
+        bytes."""
+        may_anchor_mid_patch = self.config.diffusion_mid_patch_share > 0 or (
+            diffusion_blocks is not None and bool(diffusion_blocks.mid_patch.any())
+        )
+        encoded = self.model.encode(input_ids, attention_mask=attention_mask, keep_patch_keys=may_anchor_mid_patch)
+        if diffusion_blocks is None:
+            diffusion_blocks = sample_diffusion_blocks(self.config, input_ids, labels, attention_mask, encoded)
+        clean_states, cell_states = self.model.decode_with_blocks(encoded, diffusion_blocks)
+        logits = self.compute_logits(clean_states)
+        diffusion_logits = self.compute_logits(cell_states)
+        clean_loss = diffusion_loss = loss = None
+        if labels is not None:
+            clean_loss, diffusion_loss = diffusion_losses(
+                self.config, self.loss_function, logits, diffusion_logits, labels, diffusion_blocks, **kwargs
+            )
+            loss = clean_loss + diffusion_loss
+        return BltDiffusionCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            clean_loss=clean_loss,
+            diffusion_loss=diffusion_loss,
+            diffusion_logits=diffusion_logits,
+        )
+
+
+__all__ = ["BltDiffusionForCausalLM", "BltDiffusionModel", "BltDiffusionPreTrainedModel"]

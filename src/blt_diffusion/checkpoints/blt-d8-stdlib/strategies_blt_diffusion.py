@@ -1,0 +1,760 @@
+"""Decoding strategies for BLT models: how each produces bytes, and what it needs and reads.
+
+A strategy (`DecodingStrategy`) only decides which bytes come next; `BltDiffusionGenerationMixin.generate` owns
+everything strategies share. Each strategy describes itself: the checkpoint it needs and the generation-config
+options it reads (`StrategyOption`, which hold their defaults), so that the command line, the examples and the
+README's strategy table derive from `DECODING_STRATEGIES`. Unmasking rules of block diffusion are small classes
+with one interface (`UnmaskingRule`). Strategies talk to the model only through its decoding interface
+(`append_bytes`, `draft_logits`, `open_block`, `block_logits`).
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers.generation.logits_process import LogitsProcessorList
+from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+if TYPE_CHECKING:
+    from .generation_blt_diffusion import BltDiffusionGenerationConfig
+
+
+@dataclass(frozen=True)
+class StrategyOption:
+    """A field of `BltDiffusionGenerationConfig` that decoding strategies read, described once for every place that
+    offers it: the config's default, and the command line's flag (`--` + the name with dashes), metavar and help.
+
+    `type` is `int` for counts of bytes (at least 1), `float` or `str`. `default_help` says what a default of None
+    stands for.
+    """
+
+    name: str
+    type: type
+    default: int | float | str | None
+    metavar: str
+    help: str
+    default_help: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def described_default(self) -> str:
+        return self.default_help if self.default is None else str(self.default)
+
+
+BLOCK_SIZE = StrategyOption(
+    "block_size",
+    int,
+    None,
+    "B",
+    "bytes per block, at most the trained block size",
+    default_help="the trained block size",
+)
+CONFIDENCE_THRESHOLD = StrategyOption(
+    "confidence_threshold", float, 0.7, "P", "confidence rule: commit every byte more likely than P, at least one"
+)
+ENTROPY_BOUND = StrategyOption(
+    "entropy_bound",
+    float,
+    1.0,
+    "NATS",
+    "entropy_bound rule: commit the surest bytes while their summed entropy stays within NATS, at least one",
+)
+DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
+
+
+class UnmaskingRule:
+    """Which masked cells of a diffusion block one denoising step commits.
+
+    A rule ranks every cell by the model's distribution over its byte (`rank`), then picks cells to unmask from the
+    ranking (`select`). `knob` is the generation-config option the rule reads, passed to its constructor by
+    `from_config`; None when it reads none.
+    """
+
+    name: ClassVar[str]
+    knob: ClassVar[StrategyOption | None] = None
+
+    @classmethod
+    def from_config(cls, generation_config: "BltDiffusionGenerationConfig") -> "UnmaskingRule":
+        return cls() if cls.knob is None else cls(getattr(generation_config, cls.knob.name))
+
+    def rank(self, logits: torch.Tensor) -> torch.Tensor:
+        """Confidence of every cell, its largest probability: logits (batch, block, vocab) -> (batch, block)."""
+        return logits.softmax(dim=-1).max(dim=-1).values
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        """Cells to unmask (batch, block) boolean, among the `masked` ones (batch, block), given `rank`'s output."""
+        raise NotImplementedError
+
+
+class ConfidenceUnmasking(UnmaskingRule):
+    """Mask-Predict / Fast-dLLM style: every masked cell whose confidence exceeds the threshold, or the single most
+    confident masked cell of a row where none does."""
+
+    name = "confidence"
+    knob = CONFIDENCE_THRESHOLD
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        confidence = ranking.masked_fill(~masked, -1.0)
+        selected = masked & (confidence > self.threshold)
+        best = torch.zeros_like(masked).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
+        return torch.where(selected.any(dim=1, keepdim=True), selected, best & masked)
+
+
+class EntropyBoundUnmasking(UnmaskingRule):
+    """The lowest-entropy masked cells while their cumulative entropy stays within the bound (nats), and at least the
+    lowest one. This is the paper's wording (plain cumulative sum); the EB-sampler paper subtracts the largest
+    entropy, which admits one more cell."""
+
+    name = "entropy_bound"
+    knob = ENTROPY_BOUND
+
+    def __init__(self, bound: float):
+        self.bound = bound
+
+    def rank(self, logits: torch.Tensor) -> torch.Tensor:
+        """Entropy (nats) of every cell's distribution: logits (batch, block, vocab) -> (batch, block)."""
+        return -(logits.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1)
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        entropy = ranking.masked_fill(~masked, float("inf"))
+        order = entropy.argsort(dim=1)
+        sorted_entropy = entropy.gather(1, order)
+        within = sorted_entropy.cumsum(dim=1) <= self.bound
+        within[:, 0] = True
+        selected_sorted = within & sorted_entropy.isfinite()
+        return torch.zeros_like(masked).scatter(1, order, selected_sorted) & masked
+
+
+class OneStepUnmasking(UnmaskingRule):
+    """Every masked cell at once: one decoder call per block."""
+
+    name = "one_step"
+
+    def select(self, masked: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        return masked
+
+
+UNMASKING_RULES: dict[str, type[UnmaskingRule]] = {
+    rule.name: rule for rule in (ConfidenceUnmasking, EntropyBoundUnmasking, OneStepUnmasking)
+}
+
+UNMASKING = StrategyOption(
+    "unmasking",
+    str,
+    None,
+    "RULE",
+    f"which bytes of a block each decoder call commits: {', '.join(sorted(UNMASKING_RULES))}",
+    default_help="the model's generation config",
+)
+# What block-diffusion strategies read: the block, the unmasking rule and every rule's knob.
+BLOCK_DIFFUSION_OPTIONS = (BLOCK_SIZE, UNMASKING, *(rule.knob for rule in UNMASKING_RULES.values() if rule.knob))
+
+
+def apply_processors(
+    logits_processor: LogitsProcessorList, input_ids: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """`logits_processor(input_ids, scores)` without `LogitsProcessorList.__call__`'s per-call signature inspection,
+    a measurable cost when it runs for every byte: no extra keyword arguments are ever passed here."""
+    for processor in logits_processor:
+        scores = processor(input_ids, scores)
+    return scores
+
+
+class GenerationState:
+    """Sequences being generated, which rows are still running, and what each row has cost so far.
+
+    `sequences` (batch, prompt + max_new) is preallocated with padding; `num_generated` (batch,) counts committed
+    bytes per row. Strategies commit bytes through `commit`, which applies EOS, the exact `max_new_tokens` budget,
+    stopping criteria and streaming in one place.
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        generation_config: "BltDiffusionGenerationConfig",
+        stopping_criteria: StoppingCriteriaList,
+        streamer,
+    ):
+        batch_size, prompt_length = input_ids.shape
+        device = input_ids.device
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.pad_token_id = generation_config.pad_token_id
+        self.stopping_criteria = stopping_criteria
+        self.streamer = streamer
+        self.sequences = torch.full(
+            (batch_size, prompt_length + max_new_tokens), self.pad_token_id, dtype=torch.long, device=device
+        )
+        self.sequences[:, :prompt_length] = input_ids
+        self.num_generated = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.unfinished = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.decoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.global_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.patcher_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.cell_encoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.last_scores: torch.Tensor | None = None
+        self.scores: list[torch.Tensor] = []
+        self.raw_logits: list[torch.Tensor] = []
+        if max_new_tokens == 0:
+            self.unfinished[:] = False
+        self.shared_length = self._shared_length()
+
+    @property
+    def done(self) -> bool:
+        return not bool(self.unfinished.any())
+
+    def count_calls(
+        self,
+        decoder: torch.Tensor | int = 0,
+        global_: torch.Tensor | int = 0,
+        patcher: torch.Tensor | int = 0,
+        cell_encoder: torch.Tensor | int = 0,
+    ):
+        """Add calls to the cost of the rows that are still running (each argument scalar or (batch,))."""
+        running = self.unfinished.long()
+        self.decoder_nfe += running * decoder
+        self.global_nfe += running * global_
+        self.patcher_nfe += running * patcher
+        self.cell_encoder_nfe += running * cell_encoder
+
+    def commit(self, tokens: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Append up to `counts[r]` bytes of `tokens[r]` (batch, n) to each running row, in order.
+
+        A row takes bytes until its count, its `max_new_tokens` budget, EOS or a stopping criterion says stop (the
+        byte that triggers EOS or a criterion is kept); the streamer then receives the committed bytes as one block.
+
+        Returns:
+            `torch.Tensor` of shape `(batch,)`: how many bytes each row took.
+        """
+        batch_size, num_offered = tokens.shape
+        offered = torch.full_like(self.num_generated, num_offered) if counts is None else counts.clone()
+        offered = torch.minimum(offered, self.max_new_tokens - self.num_generated)
+        offered = torch.where(self.unfinished, offered, 0)
+        rows = torch.arange(batch_size, device=tokens.device)
+        taken = torch.zeros_like(offered)
+        for index in range(num_offered):
+            takes = self.unfinished & (index < offered)
+            if not bool(takes.any()):
+                break
+            # Rows that take nothing may already be full; they rewrite their last byte unchanged.
+            slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
+            self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
+            self.num_generated += takes.long()
+            taken += takes.long()
+            stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
+            self.unfinished &= ~(takes & stopped)
+        self.unfinished &= self.num_generated < self.max_new_tokens
+        self.shared_length = self._shared_length()
+        if self.streamer is not None and int(taken[0]) > 0:
+            end = self.prompt_length + int(self.num_generated[0])
+            self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
+        return taken
+
+    def _shared_length(self) -> int | None:
+        """The committed length (prompt included) of every running row, the longest row's when none runs, or None
+        when running rows differ (speculative decoding accepts different numbers of bytes per row)."""
+        lengths = self.prompt_length + self.num_generated
+        running = lengths[self.unfinished]
+        if running.numel() == 0:
+            return int(lengths.max())
+        return int(running[0]) if bool((running == running[0]).all()) else None
+
+    def right_aligned(self) -> torch.Tensor:
+        """Sequences (batch, longest) with each row's last byte in the last column, as stopping criteria expect."""
+        lengths = self.prompt_length + self.num_generated
+        width = int(lengths.max())
+        columns = lengths[:, None] - width + torch.arange(width, device=lengths.device)
+        aligned = self.sequences.gather(1, columns.clamp(min=0))
+        return aligned.masked_fill(columns < 0, self.pad_token_id)
+
+    def output_sequences(self) -> torch.Tensor:
+        return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
+
+    def process(
+        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Apply the logits processors to raw logits (batch, ..., vocab) of bytes that would follow each row's
+        committed bytes and then `appended` (batch, n), as autoregressive decoding would show them.
+
+        Every running row's processors see that row's own history, so length-dependent processors
+        (`min_new_tokens`) count its own bytes; when running rows hold different numbers of bytes (speculative
+        decoding), rows are processed one by one. Logits with extra dimensions (a block of cells) share their row's
+        history.
+        """
+        if not logits_processor:
+            return logits
+        batch_size, vocab_size = logits.shape[0], logits.shape[-1]
+        per_row = logits.reshape(batch_size, -1, vocab_size)
+        if appended is None:
+            appended = self.sequences.new_zeros(batch_size, 0)
+        if self.shared_length is not None:
+            history = torch.cat([self.sequences[:, : self.shared_length], appended], dim=1)
+            if per_row.shape[1] > 1:
+                history = history.repeat_interleave(per_row.shape[1], dim=0)
+            return apply_processors(logits_processor, history, per_row.flatten(0, 1)).view_as(logits)
+        rows = []
+        for row, length in enumerate((self.prompt_length + self.num_generated).tolist()):
+            history = torch.cat([self.sequences[row, :length], appended[row]])
+            rows.append(apply_processors(logits_processor, history.expand(per_row.shape[1], -1), per_row[row]))
+        return torch.stack(rows).view_as(logits)
+
+    def process_positions(
+        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor
+    ) -> torch.Tensor:
+        """`process` for the logits (batch, n + 1, vocab) after each prefix of `appended` (batch, n): position i
+        follows the committed bytes and `appended[:, :i]`, as when verifying a draft."""
+        if not logits_processor:
+            return logits
+        positions = range(logits.shape[1])
+        return torch.stack([self.process(logits_processor, logits[:, i], appended[:, :i]) for i in positions], dim=1)
+
+
+def drawing_distribution(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """The distribution a byte is drawn from, given processed scores (..., vocab): their softmax when sampling,
+    one-hot on the argmax when greedy."""
+    if do_sample:
+        return scores.softmax(dim=-1)
+    return F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
+
+
+def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """One byte per row of `distributions` (rows, vocab)."""
+    if do_sample:
+        return torch.multinomial(distributions, num_samples=1)[:, 0]
+    return distributions.argmax(dim=-1)
+
+
+def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
+    return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
+
+
+class DecodingStrategy:
+    """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`, and describe
+    themselves in class attributes, which the command line, the examples and the README's table read:
+
+    - `name`: the value of `decoding`; `paper_name`: what the paper calls it; `summary`: one line on how it works.
+    - `needs_diffusion_checkpoint`: whether it needs a model trained with the block-diffusion objective (BLT-D) or
+      runs on any BLT.
+    - `lossless`: whether its output is distributed exactly as autoregressive decoding's (byte for byte greedy).
+    - `options`: the generation-config options it reads, with their defaults.
+
+    The mixin calls `check_model` and `start` once, then alternates `next_tokens` (choose bytes for every row),
+    `GenerationState.commit` and `feed` (tell the model about the committed bytes) until every row has finished.
+    Strategies reach the model only through its decoding interface (`new_cache`, `append_bytes`, `open_block`,
+    `block_logits`, `draft_logits`).
+    """
+
+    name: ClassVar[str]
+    paper_name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_diffusion_checkpoint: ClassVar[bool] = False
+    lossless: ClassVar[bool] = False
+    options: ClassVar[tuple[StrategyOption, ...]] = ()
+    # The rule of strategies that read `unmasking`, when the generation config names none.
+    default_unmasking: ClassVar[str | None] = None
+
+    def __init__(
+        self, model, generation_config: "BltDiffusionGenerationConfig", logits_processor: LogitsProcessorList
+    ):
+        self.model = model
+        self.generation_config = generation_config
+        self.logits_processor = logits_processor
+        self.cache = None
+
+    @classmethod
+    def runs_on(cls, model_config) -> bool:
+        """Whether a model of `model_config` can decode with this strategy."""
+        return not cls.needs_diffusion_checkpoint or model_config.diffusion_block_size > 0
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, int | float | str]:
+        """The options this strategy reads, at the values it uses while the generation config keeps its defaults;
+        those that depend on the model (the trained block size) are left out."""
+        defaults = {option.name: option.default for option in cls.options}
+        if UNMASKING.name in defaults:
+            defaults[UNMASKING.name] = cls.default_unmasking
+        return {name: value for name, value in defaults.items() if value is not None}
+
+    def check_model(self) -> None:
+        """Refuse a model this strategy cannot run on."""
+        if not self.runs_on(self.model.config):
+            raise ValueError(
+                f"decoding={self.name!r} needs a model trained with the block-diffusion objective "
+                "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
+            )
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bytes offered to each row, (batch, n), and how many of them count per row, (batch,) or None for all."""
+        raise NotImplementedError
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        """The rows took `taken` (batch,) of the offered `tokens` (batch, n); bring the model up to date."""
+        raise NotImplementedError
+
+    def acceptance_rate(self) -> torch.Tensor | None:
+        """Per row, the share of drafted bytes that verification kept; None for strategies that do not draft."""
+        return None
+
+    def choose(self, state: GenerationState, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick the next byte of every row, or of every cell of a block, from raw logits (batch, ..., vocab):
+        processors, then greedy or sampling. Returns the bytes (batch, ...) and the processed scores."""
+        scores = state.process(self.logits_processor, logits)
+        if self.generation_config.output_scores:
+            state.scores.append(scores)
+        if self.generation_config.output_logits:
+            state.raw_logits.append(logits)
+        if self.generation_config.do_sample:
+            tokens = draw(scores.flatten(0, -2).softmax(dim=-1), do_sample=True).view(scores.shape[:-1])
+        else:
+            tokens = scores.argmax(dim=-1)
+        return tokens, scores
+
+
+class AutoregressiveDecoding(DecodingStrategy):
+    """Plain BLT decoding, one byte per decoder call, on the incremental cache: the patcher, encoder and decoder
+    process only the new byte, and the global transformer runs only when that byte closes a patch."""
+
+    name = "autoregressive"
+    paper_name = "BLT"
+    summary = "one byte per decoder call; the global transformer runs only when a byte closes a patch"
+    # The reference that lossless strategies reproduce.
+    lossless = True
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.cache = self.model.new_cache(
+            input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens, device=input_ids.device
+        )
+        self.next_logits = self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
+        state.count_calls(decoder=1, global_=1, patcher=1)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+        tokens, state.last_scores = self.choose(state, self.next_logits)
+        return tokens[:, None], None
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        # Finished rows keep decoding in lockstep with the others; their results are never read.
+        self.next_logits = self.model.append_bytes(self.cache, tokens, last_only=True)
+        state.count_calls(decoder=1, global_=(self.cache.patches_closed_last_call > 0).long(), patcher=1)
+
+
+class BlockDenoiser:
+    """Fills a block of masked cells after the cache's bytes by iterative unmasking (Algorithm 1's inner loop).
+
+    Every decoder call predicts all cells at once (bidirectional attention within the block, every cell reading the
+    newest latent); the unmasking rule fixes some of them, and the block is done when none is masked. Which cells to
+    unmask is decided on the model's own distribution (`UnmaskingRule.rank`); the byte written into a cell is the
+    argmax, or a sample with `do_sample`, of the distribution after the logits processors (temperature, top-k, top-p,
+    repetition penalty).
+    """
+
+    def __init__(self, strategy: DecodingStrategy):
+        self.strategy = strategy
+        self.model = strategy.model
+        self.generation_config = strategy.generation_config
+        trained_block_size = self.model.config.diffusion_block_size
+        self.block_size = self.generation_config.block_size or trained_block_size
+        if not 1 <= self.block_size <= trained_block_size:
+            raise ValueError(
+                f"`block_size` must be between 1 and the trained block size {trained_block_size}, got "
+                f"{self.block_size}."
+            )
+        unmasking = self.generation_config.unmasking or strategy.default_unmasking
+        self.rule = UNMASKING_RULES[unmasking].from_config(self.generation_config)
+        self.mask_id = self.model.config.diffusion_mask_id
+        # Each denoising step then also runs the local encoder over the block, a cost of its own.
+        self.cells_through_encoder = int(self.model.config.diffusion_cell_embedding == "encoder")
+
+    def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill a block for every running row, counting one decoder call per step per running row.
+
+        Returns the cells (batch, block_size) and, per cell, the distribution its byte was drawn from (batch,
+        block_size, vocab): the processed distribution with `do_sample`, else one-hot on the argmax. Finished rows
+        ride along in lockstep without steering the loop; their cells come back as padding.
+        """
+        batch_size = state.sequences.shape[0]
+        cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
+        masked = state.unfinished[:, None].expand_as(cells).clone()
+        distributions = None
+        while bool(masked.any()):
+            logits = self.model.block_logits(cache, cells)
+            steps = masked.any(dim=1).long()
+            state.count_calls(decoder=steps, cell_encoder=steps * self.cells_through_encoder)
+            tokens, scores = self.strategy.choose(state, logits)
+            drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
+            unmask = self.rule.select(masked, self.rule.rank(logits))
+            cells = torch.where(unmask, tokens, cells)
+            distributions = (
+                drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
+            )
+            masked &= ~unmask
+            if state.streamer is not None and hasattr(state.streamer, "put_draft"):
+                state.streamer.put_draft(cells[0].cpu())
+        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), distributions
+
+
+class DiffusionDecoding(DecodingStrategy):
+    """BLT-D block diffusion (the paper's Algorithm 1): per block, one encoder+global call and a few decoder calls.
+
+    Each block starts as `block_size` masked cells after the committed bytes and is filled by `BlockDenoiser`
+    (`unmasking="confidence"` by default). Committed blocks are then appended to the cache: the patcher and encoder
+    read them, patches they close are encoded globally once, and the open patch gets a provisional latent for the
+    next block, all in one encoder+global call.
+    """
+
+    name = "diffusion"
+    paper_name = "BLT-D"
+    summary = "block diffusion: several bytes per decoder call, one encoder+global call per block"
+    needs_diffusion_checkpoint = True
+    options = BLOCK_DIFFUSION_OPTIONS
+    default_unmasking = ConfidenceUnmasking.name
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.denoiser = BlockDenoiser(self)
+        self.cache = self.model.new_cache(
+            input_ids.shape[0],
+            input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
+            device=input_ids.device,
+        )
+        self.model.open_block(self.cache, input_ids, attention_mask)
+        state.count_calls(global_=1, patcher=1)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+        remaining = state.max_new_tokens - state.num_generated
+        block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
+        return self.denoiser.denoise(state, self.cache, block_size)[0], None
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        self.model.open_block(self.cache, tokens)
+        state.count_calls(global_=1, patcher=1)
+
+
+class SpeculativeDecoding(DecodingStrategy):
+    """Lossless speculative decoding: a draft step proposes bytes, one causal pass of the whole model verifies them,
+    drafted bytes stand up to the first rejection, and a correction drawn from the model follows.
+
+    A round: `draft` proposes up to `max_draft_length()` bytes and leaves the caches as found; `verify` appends them
+    with one full forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the
+    model's own distribution after each, and applies the speculative acceptance rule; `feed` crops the caches to the
+    kept bytes and hands the correction to `take_correction`. Greedy output is identical to autoregressive decoding,
+    and sampled output is distributed as autoregressive sampling. Subclasses implement `draft`, `max_draft_length`
+    and `take_correction`.
+    """
+
+    lossless = True
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        batch_size = input_ids.shape[0]
+        capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
+        self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
+        self.next_logits = self.append(input_ids, attention_mask)
+        state.count_calls(decoder=1, global_=1, patcher=1)
+        # The committed byte the caches do not hold yet (batch,), or None when `next_logits` follow the last one.
+        self.correction: torch.Tensor | None = None
+        self.drafted = torch.zeros(batch_size, dtype=torch.long, device=input_ids.device)
+        self.accepted = torch.zeros_like(self.drafted)
+
+    def max_draft_length(self) -> int:
+        """The most bytes a round drafts."""
+        raise NotImplementedError
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft bytes (batch, draft_length) after the committed ones (the held-back `correction` included), and the
+        distributions they were drawn from (batch, draft_length, vocab); the caches are left as found."""
+        raise NotImplementedError
+
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Bring the model up to date with the round's last committed byte (batch,): append it now, or hold it back
+        in `self.correction` for the next verification to append."""
+        raise NotImplementedError
+
+    def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
+        return self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
+
+    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
+        remaining = state.max_new_tokens - state.num_generated
+        draft_length = max(1, min(self.max_draft_length(), int(remaining[state.unfinished].max())))
+        return self.verify(state, *self.draft(state, draft_length))
+
+    def verify(
+        self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speculative acceptance of drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab).
+
+        One forward over the draft gives the distribution p_i autoregressive decoding would draw byte i from. Byte i
+        stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls is
+        replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
+        distribution after the last. Output bytes are then distributed exactly as autoregressive sampling (Leviathan
+        et al., 2023); greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one the
+        model would not have chosen and then appends the model's own.
+
+        Returns the bytes offered per row (batch, n + 1) and how many count (batch,).
+        """
+        lengths = self.cache.lengths()
+        if self.correction is None:
+            logits = self.model.append_bytes(self.cache, drafted, stepwise=True)
+            logits = torch.cat([self.next_logits[:, None], logits], dim=1)
+        else:
+            logits = self.model.append_bytes(
+                self.cache, torch.cat([self.correction[:, None], drafted], dim=1), stepwise=True
+            )
+            lengths = lengths + 1
+        state.count_calls(decoder=1, global_=1, patcher=1)
+        scores = state.process_positions(self.logits_processor, logits, drafted)
+        targets = drawing_distribution(scores, self.generation_config.do_sample)
+        target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
+        draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
+        acceptance = (target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)).clamp(max=1)
+        stands = torch.rand_like(acceptance) < acceptance
+        accepted = stands.long().cumprod(dim=1).sum(dim=1)
+
+        rows = torch.arange(drafted.shape[0], device=drafted.device)
+        target = targets[rows, accepted]
+        padded_drafts = torch.cat([draft_distributions, torch.zeros_like(draft_distributions[:, :1])], dim=1)
+        residual = (target - padded_drafts[rows, accepted]).clamp(min=0)
+        # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
+        residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
+        replacement = draw(residual / residual.sum(dim=-1, keepdim=True), self.generation_config.do_sample)
+
+        tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
+        tokens[rows, accepted] = replacement
+        running = state.unfinished.long()
+        self.drafted += running * drafted.shape[1]
+        self.accepted += running * accepted
+        self.kept_lengths = lengths + accepted
+        return tokens, accepted + 1
+
+    def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
+        """Keep the accepted drafts in the caches, then take in the correction."""
+        self.cache.crop(self.kept_lengths)
+        self.take_correction(state, last_taken(tokens, taken))
+
+    def acceptance_rate(self) -> torch.Tensor:
+        """Per row, the share of drafted bytes that verification kept, (batch,)."""
+        return self.accepted.double() / self.drafted.clamp(min=1)
+
+
+class SelfSpeculativeDecoding(SpeculativeDecoding):
+    """BLT-S (the paper's Algorithm 2): the local decoder drafts `draft_length` bytes past patch boundaries on the
+    last closed latent, and one causal pass of the whole model verifies them.
+
+    A round: (1) the encoder and decoder alone draft `draft_length` bytes after the byte committed last (the
+    previous round's correction, not yet in the caches), every one reading the last closed latent, as bytes of an
+    open patch do; (2) the drafts are rolled back, and the correction and the drafts are appended with one full
+    forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the model's own
+    choice after each; (3) drafted bytes are kept up to the first disagreement, then the model's own byte is the
+    next correction (a free byte when all agree), and the caches are cropped to the kept bytes. The first round
+    drafts from the prompt's exact next-byte prediction instead. Greedy output is identical to autoregressive
+    decoding.
+
+    Cost fields count real calls. The paper's accounting is two encoder+global calls and `draft_length + 1` decoder
+    calls per round: it appends the correction with a forward of its own, and verifies after. Verifying the
+    correction together with the next draft gives the same outputs with one encoder+global call per round, and
+    still `draft_length + 1` decoder calls. The global transformer really runs only on patches that close.
+    """
+
+    name = "self_speculative"
+    paper_name = "BLT-S"
+    summary = "the local encoder and decoder draft bytes past patch boundaries; the whole model verifies them at once"
+    options = (DRAFT_LENGTH,)
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.draft_length
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft with the encoder and decoder alone, each byte after the previous one."""
+        do_sample = self.generation_config.do_sample
+        lengths = self.cache.lengths()
+        drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
+        distributions = []
+        last = None if self.correction is None else self.correction[:, None]
+        for _ in range(draft_length):
+            if last is None:
+                logits = self.next_logits
+            else:
+                logits = self.model.draft_logits(self.cache, last)
+            scores = state.process(self.logits_processor, logits, drafted)
+            if do_sample:
+                distributions.append(scores.softmax(dim=-1))
+                token = draw(distributions[-1], do_sample=True)
+            else:
+                token = scores.argmax(dim=-1)
+            drafted = torch.cat([drafted, token[:, None]], dim=1)
+            last = drafted[:, -1:]
+        self.cache.crop(lengths)
+        state.count_calls(decoder=draft_length - int(self.correction is None))
+        if do_sample:
+            return drafted, torch.stack(distributions, dim=1)
+        # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
+        return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
+
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Hold the correction back: the next verification appends it together with the next draft."""
+        self.correction = correction
+
+
+class DiffusionVerifiedDecoding(SpeculativeDecoding):
+    """BLT-DV: a BLT-D block drafted by diffusion (`unmasking="one_step"` by default), verified as in BLT-S. Greedy
+    output is identical to autoregressive decoding of the same model.
+
+    A round costs two encoder+global calls and s + 2 decoder calls, s the denoising steps: one more than the
+    paper's s + 1, the exact next-byte prediction after the previous round's correction, which the paper's uncached
+    verification gets from recomputing the whole sequence.
+    """
+
+    name = "diffusion_verified"
+    paper_name = "BLT-DV"
+    summary = "BLT-D drafts a block, verified as in BLT-S; samples only with one-step drafts"
+    needs_diffusion_checkpoint = True
+    options = BLOCK_DIFFUSION_OPTIONS
+    default_unmasking = OneStepUnmasking.name
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.denoiser = BlockDenoiser(self)
+        unmasking = self.denoiser.rule.name
+        if self.generation_config.do_sample and unmasking != OneStepUnmasking.name:
+            # Speculative sampling needs each drafted byte's distribution given the bytes before it; a block
+            # unmasked over several steps conditions bytes on later ones, so only one-step drafts qualify.
+            raise ValueError(
+                f"Sampling with decoding={self.name!r} needs unmasking={OneStepUnmasking.name!r}, got {unmasking!r}."
+            )
+        super().start(state, input_ids, attention_mask)
+
+    def max_draft_length(self) -> int:
+        return self.denoiser.block_size
+
+    def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """As for BLT-S, and give the open patch the provisional latent that the next diffusion block reads."""
+        return self.model.append_bytes(self.cache, input_ids, attention_mask, open_block=True, last_only=True)
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft a block by diffusion after the committed bytes (denoising keeps nothing of the block's cells)."""
+        return self.denoiser.denoise(state, self.cache, draft_length)
+
+    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
+        """Append the correction now: the next block is denoised after it."""
+        self.next_logits = self.append(correction[:, None])
+        state.count_calls(decoder=1, global_=1, patcher=1)
+
+
+# Autoregressive first, then by what each builds on: the order of the command line's option groups and the examples.
+DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
+    strategy.name: strategy
+    for strategy in (AutoregressiveDecoding, SelfSpeculativeDecoding, DiffusionDecoding, DiffusionVerifiedDecoding)
+}
+# Every option some strategy reads, once each, in registry order.
+STRATEGY_OPTIONS: tuple[StrategyOption, ...] = tuple(
+    dict.fromkeys(option for strategy in DECODING_STRATEGIES.values() for option in strategy.options)
+)
