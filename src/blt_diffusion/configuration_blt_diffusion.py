@@ -69,6 +69,10 @@ class BltDiffusionConfig(BltConfig):
     diffusion_loss_reduction (`str`, *optional*, defaults to `"mean"`):
         How the two BLT-D loss terms are normalised: `"mean"` (each per byte, weighted 1:1) or `"sum"` (the paper's
         sums, sharing one normaliser). See `block_diffusion_blt_diffusion.diffusion_losses`.
+    diffusion_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the diffusion term in the training loss, `clean_loss + weight * diffusion_loss`. The paper weights
+        the terms 1:1 and names a lower weight, more emphasis on next-byte prediction, as future work; below 1 it
+        protects next-byte quality (and so verification) while the diffusion head learns.
     diffusion_min_mask_ratio (`float`, *optional*, defaults to 0.001):
         Lower end of the per-example masking probability t, drawn uniformly from [this, 1] so that the 1/t loss
         weight stays bounded.
@@ -121,6 +125,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_block_size: int = 0
     diffusion_mask_id: int = MASK_ID
     diffusion_loss_reduction: str = "mean"
+    diffusion_loss_weight: float = 1.0
     diffusion_min_mask_ratio: float = 1e-3
     diffusion_mid_patch_share: float = 0.0
     diffusion_distillation_weight: float = 0.0
@@ -178,6 +183,10 @@ class BltDiffusionConfig(BltConfig):
         if not self.diffusion_distillation_weight >= 0:
             raise ValueError(
                 f"`diffusion_distillation_weight` must be >= 0, got {self.diffusion_distillation_weight}."
+            )
+        if not (isinstance(self.diffusion_loss_weight, (int, float)) and 0 < self.diffusion_loss_weight < math.inf):
+            raise ValueError(
+                f"`diffusion_loss_weight` must be a positive finite number, got {self.diffusion_loss_weight}."
             )
         if not 0 <= self.diffusion_encoder_gradient_scale <= 1:
             raise ValueError(

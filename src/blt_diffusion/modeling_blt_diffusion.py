@@ -1327,7 +1327,7 @@ class BltDiffusionCausalLMOutput(ModelOutput):
     Output of [`BltDiffusionForCausalLM`].
 
     loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the next-byte cross-entropy; for a BLT-D
-        model (`diffusion_block_size` > 0) `clean_loss + diffusion_loss`.
+        model (`diffusion_block_size` > 0) `clean_loss + config.diffusion_loss_weight * diffusion_loss`.
     logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
     cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
         `cache`, formerly `past_key_values`).
@@ -1454,7 +1454,8 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
                 sampling them (for reproducible evaluation); see `sample_diffusion_blocks`.
 
         A BLT-D model given `labels` (or `diffusion_blocks`) also decodes corrupted blocks and returns the
-        block-diffusion objective: `loss = clean_loss + diffusion_loss` (see `diffusion_losses`).
+        block-diffusion objective: `loss = clean_loss + config.diffusion_loss_weight * diffusion_loss` (see
+        `diffusion_losses`).
         """
         if inputs_embeds is not None:
             raise ValueError(
@@ -1566,7 +1567,7 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             clean_loss, diffusion_loss = diffusion_losses(
                 self.config, self.loss_function, logits, diffusion_logits, labels, diffusion_blocks, **kwargs
             )
-            loss = clean_loss + diffusion_loss
+            loss = clean_loss + self.config.diffusion_loss_weight * diffusion_loss
         return BltDiffusionCausalLMOutput(
             loss=loss,
             logits=logits,

@@ -6,6 +6,7 @@ model, so that the command line can describe `train` without the training extra.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,14 @@ class TrainingRecipe:
             "prediction of their byte (default: the checkpoint's, 0 for a new model)",
         },
     )
+    diffusion_weight: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "W",
+            "help": "weight of the diffusion term in the loss (clean + W x diffusion); below 1 protects next-byte "
+            "quality (default: the checkpoint's, 1 for a new model)",
+        },
+    )
     encoder_gradient_scale: float | None = field(
         default=None,
         metadata={
@@ -285,6 +294,8 @@ class TrainingRecipe:
             )
         if self.distillation_weight is not None and not self.distillation_weight >= 0:
             raise ValueError(f"`distillation_weight` must be >= 0, got {self.distillation_weight}.")
+        if self.diffusion_weight is not None and not 0 < self.diffusion_weight < math.inf:
+            raise ValueError(f"`diffusion_weight` must be a positive finite number, got {self.diffusion_weight}.")
         if self.encoder_gradient_scale is not None and not 0 <= self.encoder_gradient_scale <= 1:
             raise ValueError(f"`encoder_gradient_scale` must lie in [0, 1], got {self.encoder_gradient_scale}.")
         if self.mid_patch_share is not None and not 0 <= self.mid_patch_share <= 1:
@@ -306,6 +317,8 @@ class TrainingRecipe:
             overrides["diffusion_cell_embedding"] = self.cell_embedding
         if self.encoder_gradient_scale is not None:
             overrides["diffusion_encoder_gradient_scale"] = self.encoder_gradient_scale
+        if self.diffusion_weight is not None:
+            overrides["diffusion_loss_weight"] = self.diffusion_weight
         return overrides
 
     @property
