@@ -36,6 +36,12 @@ def test_the_shipped_directory_is_a_complete_hub_repo_within_25_mb():
     assert sum((DEFAULT_MODEL_DIR / path).stat().st_size for path in files) <= 25_000_000
 
 
+def test_its_code_is_the_package_code():
+    package_modules = sorted(Path(blt_diffusion.__file__).parent.glob("*_blt_diffusion.py"))
+    stale = [path.name for path in package_modules if (DEFAULT_MODEL_DIR / path.name).read_text() != path.read_text()]
+    assert not stale, f"the shipped copies of {stale} are stale: run python scripts/export_default_model.py"
+
+
 def test_its_card_gives_the_measured_figures():
     card = ModelCard.load(DEFAULT_MODEL_DIR / "README.md")
     assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"

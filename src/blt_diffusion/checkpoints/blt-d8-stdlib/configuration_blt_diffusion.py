@@ -1,6 +1,9 @@
 """Configuration of the Byte Latent Transformer with block diffusion (BLT, BLT-D, BLT-S, BLT-DV)."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
 from transformers.models.blt.configuration_blt import (
     BltConfig,
     BltGlobalTransformerConfig,
@@ -11,6 +14,44 @@ from transformers.models.blt.configuration_blt import (
 
 # The byte vocabulary is fixed by the tokenizer, so these ids are part of the format, not of a checkpoint.
 from .tokenization_blt_diffusion import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+
+# Sizes and counts that must be positive integers wherever a configuration or sub-configuration has them (None keeps
+# a default or means "unlimited"). A zero or negative one builds a model without a module (no global layers) or
+# fails deep inside PyTorch.
+POSITIVE_INTEGER_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "max_position_embeddings",
+    "hidden_size_global",
+    "cross_attn_k",
+    "sliding_window",
+    "local_attention_window_len",
+    "encoder_hash_byte_group_vocab",
+    "encoder_hash_byte_group_nb_functions",
+)
+
+
+def check_positive_integers(config: PreTrainedConfig | dict | None, prefix: str = "") -> None:
+    """Raise a `ValueError` naming the first of `POSITIVE_INTEGER_FIELDS` that `config` (a configuration, or the
+    dict a sub-configuration is built from) sets to anything but a positive integer; `prefix` names the
+    sub-configuration (`"global_config."`)."""
+    if config is None:
+        return
+    values = config if isinstance(config, dict) else vars(config)
+    for name in POSITIVE_INTEGER_FIELDS:
+        value = values.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"`{prefix}{name}` must be a positive integer, got {value!r}.")
+
+
+def is_entropy_threshold(value: object) -> bool:
+    """Whether `value` can split bytes by entropy: a finite number >= 0 (entropies are, so a negative threshold
+    would only disguise 0)."""
+    return isinstance(value, float | int) and math.isfinite(value) and value >= 0
 
 
 @strict
@@ -28,6 +69,10 @@ class BltDiffusionConfig(BltConfig):
     diffusion_loss_reduction (`str`, *optional*, defaults to `"mean"`):
         How the two BLT-D loss terms are normalised: `"mean"` (each per byte, weighted 1:1) or `"sum"` (the paper's
         sums, sharing one normaliser). See `block_diffusion_blt_diffusion.diffusion_losses`.
+    diffusion_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the diffusion term in the training loss, `clean_loss + weight * diffusion_loss`. The paper weights
+        the terms 1:1 and names a lower weight, more emphasis on next-byte prediction, as future work; below 1 it
+        protects next-byte quality (and so verification) while the diffusion head learns.
     diffusion_min_mask_ratio (`float`, *optional*, defaults to 0.001):
         Lower end of the per-example masking probability t, drawn uniformly from [this, 1] so that the 1/t loss
         weight stays bounded.
@@ -80,6 +125,7 @@ class BltDiffusionConfig(BltConfig):
     diffusion_block_size: int = 0
     diffusion_mask_id: int = MASK_ID
     diffusion_loss_reduction: str = "mean"
+    diffusion_loss_weight: float = 1.0
     diffusion_min_mask_ratio: float = 1e-3
     diffusion_mid_patch_share: float = 0.0
     diffusion_distillation_weight: float = 0.0
@@ -95,6 +141,9 @@ class BltDiffusionConfig(BltConfig):
     def __post_init__(self, **kwargs):
         # A stock checkpoint's dict says model_type "blt"; the class attribute must win.
         kwargs.pop("model_type", None)
+        # Stock sub-configurations divide by their head counts as they are built.
+        for name in self.sub_configs_defaults:
+            check_positive_integers(getattr(self, name), prefix=f"{name}.")
         super().__post_init__(**kwargs)
         self.num_hidden_layers = self.global_config.num_hidden_layers
         self.hidden_size = self.global_config.hidden_size
@@ -103,9 +152,20 @@ class BltDiffusionConfig(BltConfig):
         self.bos_token_id = BOS_ID if self.bos_token_id is None else self.bos_token_id
         self.eos_token_id = EOS_ID if self.eos_token_id is None else self.eos_token_id
         self.pad_token_id = PAD_ID if self.pad_token_id is None else self.pad_token_id
+        # `@strict` validates next, but reports a failure as a `StrictDataclassClassValidationError`, which is not a
+        # `ValueError`: validating here first raises the `ValueError` itself.
+        self.validate_architecture()
 
     def validate_architecture(self):
         """Part of `@strict` validation: reject settings the model cannot run with, naming the field."""
+        check_positive_integers(self)
+        for name in self.sub_configs_defaults:
+            check_positive_integers(getattr(self, name), prefix=f"{name}.")
+        if self.patch_in_forward and not is_entropy_threshold(self.patching_threshold):
+            raise ValueError(
+                "`patching_threshold` must be a finite number of nats >= 0 with entropy patching "
+                f"(`patch_in_forward=True`), got {self.patching_threshold}."
+            )
         if self.diffusion_block_size < 0:
             raise ValueError(
                 f"`diffusion_block_size` must be >= 0 (0 disables diffusion), got {self.diffusion_block_size}."
@@ -123,6 +183,10 @@ class BltDiffusionConfig(BltConfig):
         if not self.diffusion_distillation_weight >= 0:
             raise ValueError(
                 f"`diffusion_distillation_weight` must be >= 0, got {self.diffusion_distillation_weight}."
+            )
+        if not (isinstance(self.diffusion_loss_weight, (int, float)) and 0 < self.diffusion_loss_weight < math.inf):
+            raise ValueError(
+                f"`diffusion_loss_weight` must be a positive finite number, got {self.diffusion_loss_weight}."
             )
         if not 0 <= self.diffusion_encoder_gradient_scale <= 1:
             raise ValueError(
@@ -152,7 +216,25 @@ class BltDiffusionConfig(BltConfig):
         if config_dict.get("model_type") == BltConfig.model_type:
             config_dict["model_type"] = cls.model_type
             config_dict.pop("architectures", None)
+            # Stock BLT reads a missing threshold as its default (BLT-1B's), and so does a converted stock checkpoint.
+            config_dict.setdefault("patching_threshold", BltConfig.patching_threshold)
         return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "BltDiffusionConfig":
+        """Build a configuration from a saved `config.json`'s dict (`kwargs` override fields), refusing one of an
+        entropy-patched model without `patching_threshold`: the default would silently replace the threshold that
+        the model was trained with, and change every patch. (`save_pretrained` always writes it.)"""
+        if (
+            config_dict.get("patch_in_forward", cls.patch_in_forward)
+            and "patching_threshold" not in config_dict
+            and "patching_threshold" not in kwargs
+        ):
+            raise ValueError(
+                "The config of an entropy-patched model (`patch_in_forward=True`) must give `patching_threshold`, "
+                "the threshold it was trained with; it is missing."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_blt_config(cls, blt_config: BltConfig, **overrides) -> "BltDiffusionConfig":

@@ -6,10 +6,12 @@ The strategies themselves (`DecodingStrategy`, registered in `DECODING_STRATEGIE
 `strategies_blt_diffusion.py`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, GenerationMixin
+from transformers import GenerationConfig, GenerationMixin, SynthIDTextWatermarkingConfig
+from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.utils import ModelOutput
@@ -20,14 +22,53 @@ from .strategies_blt_diffusion import (
     DECODING_STRATEGIES,
     DRAFT_LENGTH,
     ENTROPY_BOUND,
+    STRATEGY_OPTIONS,
     UNMASKING,
     UNMASKING_RULES,
     AutoregressiveDecoding,
     GenerationState,
+    RowwiseLogitsProcessors,
+    check_integer,
+    check_real,
 )
 
 # The byte budget of the generation config a model gets from its model config.
 DEFAULT_MAX_NEW_TOKENS = 256
+
+# Transformers' decoding algorithms other than greedy search and sampling, and the fields that ask for them: BLT
+# models decode with their own strategies (`decoding`) instead.
+UNSUPPORTED_GENERATION_MODES = {
+    GenerationMode.BEAM_SEARCH: "num_beams",
+    GenerationMode.BEAM_SAMPLE: "num_beams",
+    GenerationMode.GROUP_BEAM_SEARCH: "num_beam_groups",
+    GenerationMode.CONSTRAINED_BEAM_SEARCH: "constraints`, `force_words_ids",
+    GenerationMode.CONTRASTIVE_SEARCH: "penalty_alpha",
+    GenerationMode.ASSISTED_GENERATION: "prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp",
+    GenerationMode.DOLA_GENERATION: "dola_layers",
+}
+
+# Counts that must be integers when set, and their least value.
+INTEGER_FIELDS = {
+    "max_new_tokens": 1,
+    "max_length": 1,
+    "min_new_tokens": 0,
+    "min_length": 0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+}
+# Sampling knobs, when set and sampling, and the interval each must lie in: (low, high, open_low, open_high). Outside
+# it, transformers would skip the warper (top_p = 1.5, NaN) or quietly sample greedily (top_p = 0).
+SAMPLING_FIELDS = {
+    "temperature": (0.0, math.inf, True, True),
+    "top_p": (0.0, 1.0, True, False),
+    "typical_p": (0.0, 1.0, True, False),
+    "min_p": (0.0, 1.0, False, False),
+    "top_h": (0.0, 1.0, True, False),
+    "epsilon_cutoff": (0.0, 1.0, False, True),
+    "eta_cutoff": (0.0, 1.0, False, True),
+}
+# Ids that must name a token of the vocabulary when set; `eos_token_id` may be a list of them.
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id")
 
 
 class BltDiffusionGenerationConfig(GenerationConfig):
@@ -69,6 +110,8 @@ class BltDiffusionGenerationConfig(GenerationConfig):
         self.draft_length = draft_length
 
     def validate(self, strict: bool = False, **kwargs) -> None:
+        """Transformers' checks, then those of BLT decoding: every request must be one that generation honours, so
+        wrong types, NaN and impossible values raise a TypeError or ValueError naming the field."""
         super().validate(strict=strict, **kwargs)
         # The base __init__ validates before this class has set its own fields.
         decoding = getattr(self, "decoding", AutoregressiveDecoding.name)
@@ -76,20 +119,69 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             raise ValueError(
                 f"Unknown decoding strategy {decoding!r}; this version provides {sorted(DECODING_STRATEGIES)}."
             )
+        for option in STRATEGY_OPTIONS:
+            option.check(getattr(self, option.name, option.default))
         unmasking = getattr(self, "unmasking", UNMASKING.default)
         if unmasking is not None and unmasking not in UNMASKING_RULES:
             raise ValueError(f"Unknown unmasking rule {unmasking!r}; choose one of {sorted(UNMASKING_RULES)}.")
-        block_size = getattr(self, "block_size", BLOCK_SIZE.default)
-        if block_size is not None and block_size < 1:
-            raise ValueError(f"`block_size` must be a positive number of bytes, got {block_size}.")
-        if not 0.0 <= getattr(self, "confidence_threshold", CONFIDENCE_THRESHOLD.default) <= 1.0:
-            raise ValueError(f"`confidence_threshold` must lie in [0, 1], got {self.confidence_threshold}.")
-        if getattr(self, "entropy_bound", ENTROPY_BOUND.default) < 0:
-            raise ValueError(f"`entropy_bound` must be >= 0 nats, got {self.entropy_bound}.")
-        if getattr(self, "draft_length", DRAFT_LENGTH.default) < 1:
-            raise ValueError(f"`draft_length` must be a positive number of bytes, got {self.draft_length}.")
-        if self.num_beams not in (None, 1):
-            raise ValueError(f"Beam search is not supported by BLT decoding strategies (num_beams={self.num_beams}).")
+        self._validate_numbers()
+        self._validate_tokens()
+        self._refuse_what_blt_decoding_cannot_honour(decoding)
+
+    def _validate_numbers(self) -> None:
+        """Counts are integers, penalties positive floats, sampling knobs (when sampling) within their intervals."""
+        for name, minimum in INTEGER_FIELDS.items():
+            if getattr(self, name) is not None:
+                check_integer(name, getattr(self, name), minimum)
+        check_integer("num_return_sequences", self.num_return_sequences or 1, minimum=1)
+        for name in ("repetition_penalty", "encoder_repetition_penalty"):
+            penalty = getattr(self, name)
+            if penalty is None:
+                continue
+            if not isinstance(penalty, float):
+                # Transformers' penalty processors take floats only.
+                raise TypeError(f"`{name}` must be a float, got {penalty!r} ({type(penalty).__name__}).")
+            check_real(name, penalty, 0.0, math.inf, open_low=True, open_high=True)
+        if not self.do_sample:
+            return
+        if self.top_k is not None:
+            check_integer("top_k", self.top_k, minimum=0)
+        for name, interval in SAMPLING_FIELDS.items():
+            if getattr(self, name) is not None:
+                check_real(name, getattr(self, name), *interval)
+
+    def _validate_tokens(self) -> None:
+        """Special and forced ids are non-negative integers (the model checks them against its vocabulary), stop
+        strings non-empty strings."""
+        for name in TOKEN_ID_FIELDS:
+            ids = getattr(self, name)
+            for token_id in ids if isinstance(ids, list) else [ids]:
+                if token_id is not None:
+                    check_integer(name, token_id, minimum=0)
+        stop_strings = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings or []
+        if any(not isinstance(stop, str) or not stop for stop in stop_strings):
+            raise ValueError(f"`stop_strings` must be non-empty strings, got {self.stop_strings!r}.")
+
+    def _refuse_what_blt_decoding_cannot_honour(self, decoding: str) -> None:
+        """Fields that ask for something no BLT strategy (or not `decoding`) does, which would otherwise be dropped."""
+        mode = self.get_generation_mode()
+        if mode in UNSUPPORTED_GENERATION_MODES:
+            raise ValueError(
+                f"{mode.value} (`{UNSUPPORTED_GENERATION_MODES[mode]}`) is not supported by BLT decoding "
+                f"strategies; choose one with `decoding` ({sorted(DECODING_STRATEGIES)}), greedy or sampling."
+            )
+        if self.guidance_scale is not None and self.guidance_scale != 1:
+            # Its processor runs the model a second time on transformers' cache interface, which BLT models lack.
+            raise ValueError(f"`guidance_scale` (classifier-free guidance) is not supported: {self.guidance_scale}.")
+        if self.token_healing:
+            raise ValueError("`token_healing` is not supported: a byte-level model has no token boundaries to heal.")
+        synth_id = isinstance(self.watermarking_config, SynthIDTextWatermarkingConfig)
+        if synth_id and decoding != AutoregressiveDecoding.name:
+            # Its processor keeps state that assumes one call per generated token, in order; other strategies also
+            # score drafted bytes and blocks.
+            raise ValueError(
+                f"SynthID `watermarking_config` needs decoding={AutoregressiveDecoding.name!r}, got {decoding!r}."
+            )
 
     @classmethod
     def from_model_config(cls, model_config) -> "BltDiffusionGenerationConfig":
@@ -221,7 +313,9 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             inputs / input_ids (`torch.LongTensor` of shape `(batch, prompt)`, *optional*): prompts, left-padded in a
                 batch. Missing or empty: generation starts from BOS.
             generation_config (`GenerationConfig`, *optional*): defaults to `model.generation_config`.
-            logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies.
+            logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies. Like those,
+                called with the batch's histories, or with one row's when rows hold different numbers of bytes, and
+                once per position of a drafted or diffused block.
             stopping_criteria (`StoppingCriteriaList`, *optional*): added to max length, EOS and stop strings.
             streamer (`BaseStreamer`, *optional*): receives the prompt, then committed bytes, then `end()`.
             tokenizer (*optional*): needed for `stop_strings`.
@@ -241,6 +335,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if unexpected:
             raise ValueError(f"`generate` got unexpected keyword arguments {sorted(unexpected)}.")
         generation_config.validate()
+        self._check_token_ids(generation_config)
         attention_mask = model_kwargs.get("attention_mask")
         input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
         input_ids, attention_mask = self._expand_for_return_sequences(input_ids, attention_mask, generation_config)
@@ -250,14 +345,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         generation_config.max_length = input_ids.shape[1] + max_new_tokens
         generation_config.max_new_tokens = max_new_tokens
         self._prepare_special_tokens(generation_config, True, device=input_ids.device)
-        processors = self._get_logits_processor(
-            generation_config=generation_config,
-            input_ids_seq_length=input_ids.shape[1],
-            encoder_input_ids=input_ids,
-            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
-            device=input_ids.device,
-            model_kwargs=model_kwargs,
-        )
+        processors = self._rowwise_logits_processors(generation_config, input_ids, attention_mask, logits_processor)
         criteria = self._per_row_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
@@ -296,6 +384,30 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             logits=tuple(state.raw_logits) if generation_config.output_logits else None,
             cache=strategy.cache,
         )
+
+    def _rowwise_logits_processors(
+        self,
+        generation_config: BltDiffusionGenerationConfig,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_processor: LogitsProcessorList | None,
+    ) -> RowwiseLogitsProcessors:
+        """Transformers' processors for the prompts (batch, prompt) and their left padding, the caller's added, built
+        for the whole batch and for any row alone: each row alone gets its own prompt and padding as the state of
+        processors that keep some (the repetition penalties, the encoder n-gram ban)."""
+        caller_processors = logits_processor if logits_processor is not None else LogitsProcessorList()
+
+        def build(rows: slice) -> LogitsProcessorList:
+            return self._get_logits_processor(
+                generation_config=generation_config,
+                input_ids_seq_length=input_ids.shape[1],
+                encoder_input_ids=input_ids[rows],
+                logits_processor=caller_processors,
+                device=input_ids.device,
+                model_kwargs={"attention_mask": attention_mask[rows]},
+            )
+
+        return RowwiseLogitsProcessors(build(slice(None)), lambda row: build(slice(row, row + 1)))
 
     def _per_row_stopping_criteria(
         self,
@@ -338,7 +450,15 @@ class BltDiffusionGenerationMixin(GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate the prompt; an absent or empty prompt becomes a lone BOS."""
         device = self.device
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"`{name}` must be a torch.Tensor of shape (batch, prompt_length), got {type(value).__name__}; "
+                    "a tokenizer gives one with `return_tensors='pt'`, or use torch.tensor(...)."
+                )
         if input_ids is None or input_ids.numel() == 0:
+            if generation_config.bos_token_id is None:
+                raise ValueError("An empty prompt starts from BOS, but `bos_token_id` is not set.")
             batch_size = 1 if input_ids is None or input_ids.dim() < 2 else max(input_ids.shape[0], 1)
             input_ids = torch.full((batch_size, 1), generation_config.bos_token_id, dtype=torch.long, device=device)
             return input_ids, torch.ones_like(input_ids)
@@ -361,9 +481,30 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             return input_ids, attention_mask
         return input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
 
+    def _check_token_ids(self, generation_config: BltDiffusionGenerationConfig) -> None:
+        """Special and forced ids must name tokens of the vocabulary, and rows that stop early need a pad id."""
+        if generation_config.pad_token_id is None:
+            raise ValueError(
+                "`pad_token_id` is not set (in the arguments, the generation config or the model config); generation "
+                "pads rows that stop early with it."
+            )
+        vocab_size = self.config.vocab_size
+        for name in TOKEN_ID_FIELDS:
+            ids = getattr(generation_config, name)
+            for token_id in ids if isinstance(ids, list) else [ids]:
+                if token_id is not None and token_id >= vocab_size:
+                    raise ValueError(f"`{name}` ({token_id}) is outside the model's vocabulary [0, {vocab_size}).")
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            for token_id in getattr(generation_config, name) or []:
+                check_integer(name, token_id, minimum=0)
+                if token_id >= vocab_size:
+                    raise ValueError(f"`{name}` holds {token_id}, outside the model's vocabulary [0, {vocab_size}).")
+
     def _resolve_max_new_tokens(
         self, generation_config: GenerationConfig, prompt_length: int, user_set_max_length: bool
     ) -> int:
+        if generation_config.max_new_tokens is None and generation_config.max_length is None:
+            raise ValueError("Set `max_new_tokens` (or `max_length`): generation needs a byte budget.")
         if user_set_max_length or generation_config.max_new_tokens is None:
             max_new_tokens = generation_config.max_length - prompt_length
         else:

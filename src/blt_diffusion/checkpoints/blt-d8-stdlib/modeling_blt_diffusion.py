@@ -17,6 +17,7 @@ A byte's patch boundary depends only on bytes up to it, so appending never chang
 """
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,6 +65,11 @@ HASH_PRIMES = (
     5463458053,
     3367900313,
 )
+# BLT-D's only new parameters: a checkpoint saved without them (a stock BLT's, or one converted with block size 0)
+# loads into a BLT-D model with them freshly initialised, and one saved with them loads into a plain BLT without them.
+NEW_PARAMETERS = re.compile(r"(^|\.)diffusion_(embed_tokens|mask_embedding)\.")
+# How many weight names an error about a checkpoint lists.
+LISTED_WEIGHTS = 3
 
 
 class BltDiffusionRMSNorm(nn.Module):
@@ -607,6 +613,33 @@ def reaches_max_patch_length(
     return (offsets - run_start + 1) % max_patch_length == 0
 
 
+def check_loaded_weights(loading_info: dict, check_shapes: bool) -> None:
+    """Raise a `ValueError` naming the weights that `from_pretrained` (its `loading_info`) found not to match the
+    model: missing ones and unexpected ones other than `NEW_PARAMETERS`, and, with `check_shapes`, mismatched ones."""
+    problems = []
+    missing = sorted(name for name in loading_info["missing_keys"] if not NEW_PARAMETERS.search(name))
+    if missing:
+        problems.append(f"it lacks {list_weights(missing)}, which would start at random")
+    unexpected = sorted(name for name in loading_info["unexpected_keys"] if not NEW_PARAMETERS.search(name))
+    if unexpected:
+        problems.append(f"the model has no {list_weights(unexpected)}, which would be dropped")
+    mismatched = sorted(loading_info["mismatched_keys"]) if check_shapes else []
+    if mismatched:
+        name, saved_shape, model_shape = mismatched[0]
+        others = f" (and {len(mismatched) - 1} other weights)" if len(mismatched) > 1 else ""
+        problems.append(
+            f"{name} has shape {list(saved_shape)} in the checkpoint but {list(model_shape)} in the model{others}"
+        )
+    if problems:
+        raise ValueError(f"The checkpoint's weights do not match the model's config: {'; '.join(problems)}.")
+
+
+def list_weights(names: list[str]) -> str:
+    """The first `LISTED_WEIGHTS` of `names` and how many others there are."""
+    listed = ", ".join(names[:LISTED_WEIGHTS])
+    return listed + (f" and {len(names) - LISTED_WEIGHTS} other weights" if len(names) > LISTED_WEIGHTS else "")
+
+
 class BltDiffusionPreTrainedModel(PreTrainedModel):
     config_class = BltDiffusionConfig
     config: BltDiffusionConfig
@@ -615,6 +648,25 @@ class BltDiffusionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BltDiffusionTransformerLayer", "BltDiffusionCrossAttention"]
     _supports_sdpa = True
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.(original_)?inv_freq"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose weights do not match the config.
+
+        transformers only logs a table of the weights that do not match, initialises the missing ones at random and
+        drops the unexpected ones: a directory with renamed weights, or whose config was edited, would load as a model
+        that writes noise. Here a missing or unexpected weight, or one of another shape (unless
+        `ignore_mismatched_sizes=True`), raises a `ValueError` naming a few; only BLT-D's new parameters
+        (`NEW_PARAMETERS`) may be missing or unexpected, so that `diffusion_block_size=8` turns a stock BLT checkpoint
+        into a BLT-D model to fine-tune.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        check_shapes = not kwargs.pop("ignore_mismatched_sizes", False)
+        # Shapes are checked below, to name the weights: transformers' own error points at its logged table.
+        kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        check_loaded_weights(loading_info, check_shapes)
+        return (model, loading_info) if output_loading_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -867,6 +919,8 @@ class BltDiffusionBlockDecodingMixin:
 
 class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedModel):
     def __init__(self, config: BltDiffusionConfig):
+        # The config validated itself when built, but `from_pretrained` sets its overrides afterwards.
+        config.validate_architecture()
         super().__init__(config)
         self.local_encoder = BltDiffusionLocalEncoder(config.encoder_config)
         self.global_transformer = BltDiffusionGlobalTransformer(config.global_config)
@@ -1273,7 +1327,7 @@ class BltDiffusionCausalLMOutput(ModelOutput):
     Output of [`BltDiffusionForCausalLM`].
 
     loss (`torch.FloatTensor` of shape `()`, *optional*): with `labels`, the next-byte cross-entropy; for a BLT-D
-        model (`diffusion_block_size` > 0) `clean_loss + diffusion_loss`.
+        model (`diffusion_block_size` > 0) `clean_loss + config.diffusion_loss_weight * diffusion_loss`.
     logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
     cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
         `cache`, formerly `past_key_values`).
@@ -1400,7 +1454,8 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
                 sampling them (for reproducible evaluation); see `sample_diffusion_blocks`.
 
         A BLT-D model given `labels` (or `diffusion_blocks`) also decodes corrupted blocks and returns the
-        block-diffusion objective: `loss = clean_loss + diffusion_loss` (see `diffusion_losses`).
+        block-diffusion objective: `loss = clean_loss + config.diffusion_loss_weight * diffusion_loss` (see
+        `diffusion_losses`).
         """
         if inputs_embeds is not None:
             raise ValueError(
@@ -1512,7 +1567,7 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             clean_loss, diffusion_loss = diffusion_losses(
                 self.config, self.loss_function, logits, diffusion_logits, labels, diffusion_blocks, **kwargs
             )
-            loss = clean_loss + diffusion_loss
+            loss = clean_loss + self.config.diffusion_loss_weight * diffusion_loss
         return BltDiffusionCausalLMOutput(
             loss=loss,
             logits=logits,

@@ -8,16 +8,53 @@ with one interface (`UnmaskingRule`). Strategies talk to the model only through 
 (`append_bytes`, `draft_logits`, `open_block`, `block_logits`).
 """
 
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers.generation.logits_process import LogitsProcessorList
+from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopHLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 if TYPE_CHECKING:
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
+
+
+def check_integer(name: str, value, minimum: int) -> None:
+    """Raise a TypeError naming `name` unless `value` is an integer (not a bool, a float or None), and a ValueError
+    unless it is at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+
+
+def check_real(name: str, value, low: float, high: float, open_low: bool = False, open_high: bool = False) -> None:
+    """Raise a TypeError naming `name` unless `value` is a real number, and a ValueError unless it lies between `low`
+    and `high` (each end excluded when `open_low` / `open_high`); NaN lies nowhere."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    above_low = value > low if open_low else value >= low
+    below_high = value < high if open_high else value <= high
+    if not (above_low and below_high):
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value}.")
 
 
 @dataclass(frozen=True)
@@ -25,8 +62,8 @@ class StrategyOption:
     """A field of `BltDiffusionGenerationConfig` that decoding strategies read, described once for every place that
     offers it: the config's default, and the command line's flag (`--` + the name with dashes), metavar and help.
 
-    `type` is `int` for counts of bytes (at least 1), `float` or `str`. `default_help` says what a default of None
-    stands for.
+    `type` is `int` for counts of bytes (at least 1), `float` (within `bounds`) or `str`. `default_help` says what a
+    default of None stands for; options with another default cannot be None.
     """
 
     name: str
@@ -35,6 +72,7 @@ class StrategyOption:
     metavar: str
     help: str
     default_help: str | None = None
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def flag(self) -> str:
@@ -43,6 +81,17 @@ class StrategyOption:
     @property
     def described_default(self) -> str:
         return self.default_help if self.default is None else str(self.default)
+
+    def check(self, value) -> None:
+        """Raise a TypeError or ValueError naming this option unless `value` is one it accepts."""
+        if value is None and self.default is None:
+            return
+        if self.type is int:
+            check_integer(self.name, value, minimum=1)
+        elif self.type is float:
+            check_real(self.name, value, *self.bounds)
+        elif not isinstance(value, str):
+            raise TypeError(f"`{self.name}` must be a string, got {value!r} ({type(value).__name__}).")
 
 
 BLOCK_SIZE = StrategyOption(
@@ -54,7 +103,12 @@ BLOCK_SIZE = StrategyOption(
     default_help="the trained block size",
 )
 CONFIDENCE_THRESHOLD = StrategyOption(
-    "confidence_threshold", float, 0.7, "P", "confidence rule: commit every byte more likely than P, at least one"
+    "confidence_threshold",
+    float,
+    0.7,
+    "P",
+    "confidence rule: commit every byte more likely than P, at least one",
+    bounds=(0.0, 1.0),
 )
 ENTROPY_BOUND = StrategyOption(
     "entropy_bound",
@@ -62,6 +116,7 @@ ENTROPY_BOUND = StrategyOption(
     1.0,
     "NATS",
     "entropy_bound rule: commit the surest bytes while their summed entropy stays within NATS, at least one",
+    bounds=(0.0, math.inf),
 )
 DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
 
@@ -165,6 +220,48 @@ def apply_processors(
     for processor in logits_processor:
         scores = processor(input_ids, scores)
     return scores
+
+
+# Transformers' processors that read only the scores, never the ids before them: one call covers bytes that follow
+# different histories (every cell of a block, rows of different lengths).
+HISTORY_FREE_PROCESSORS = (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    MinPLogitsWarper,
+    TypicalLogitsWarper,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    TopHLogitsWarper,
+    InfNanRemoveLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    LogitNormalization,
+)
+
+
+class RowwiseLogitsProcessors:
+    """The logits processors of a generation, built for the whole batch and, on demand, for each row alone.
+
+    Transformers builds processors for a batch that grows in lockstep, and some keep state per row of that batch: the
+    repetition penalty skips each row's left padding (`prompt_ignore_length`), the encoder repetition penalty and the
+    encoder n-gram ban read each row's prompt. When rows hold different numbers of bytes (speculative decoding accepts
+    different numbers per row), each row is processed alone, with the processors `build_for_row` builds for it, whose
+    state is that row's.
+    """
+
+    def __init__(self, batch: LogitsProcessorList, build_for_row: Callable[[int], LogitsProcessorList]):
+        self.batch = batch
+        self.build_for_row = build_for_row
+        self.reads_history = not all(isinstance(processor, HISTORY_FREE_PROCESSORS) for processor in batch)
+        self.rows: dict[int, LogitsProcessorList] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.batch)
+
+    def for_row(self, row: int) -> LogitsProcessorList:
+        if row not in self.rows:
+            self.rows[row] = self.build_for_row(row)
+        return self.rows[row]
 
 
 class GenerationState:
@@ -279,42 +376,44 @@ class GenerationState:
         return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
 
     def process(
-        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor | None = None
+        self, processors: RowwiseLogitsProcessors, logits: torch.Tensor, appended: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Apply the logits processors to raw logits (batch, ..., vocab) of bytes that would follow each row's
-        committed bytes and then `appended` (batch, n), as autoregressive decoding would show them.
+        """Apply the logits processors to raw logits (batch, vocab) of the byte that would follow each row's committed
+        bytes and then `appended` (batch, n), as autoregressive decoding would show them.
 
-        Every running row's processors see that row's own history, so length-dependent processors
-        (`min_new_tokens`) count its own bytes; when running rows hold different numbers of bytes (speculative
-        decoding), rows are processed one by one. Logits with extra dimensions (a block of cells) share their row's
-        history.
+        Every row's processors see that row's own history, so length-dependent processors (`min_new_tokens`) count
+        its own bytes; when rows hold different numbers of bytes (speculative decoding), each row is processed alone
+        with the processors built for it (`RowwiseLogitsProcessors`).
         """
-        if not logits_processor:
+        if not processors:
             return logits
-        batch_size, vocab_size = logits.shape[0], logits.shape[-1]
-        per_row = logits.reshape(batch_size, -1, vocab_size)
         if appended is None:
-            appended = self.sequences.new_zeros(batch_size, 0)
-        if self.shared_length is not None:
-            history = torch.cat([self.sequences[:, : self.shared_length], appended], dim=1)
-            if per_row.shape[1] > 1:
-                history = history.repeat_interleave(per_row.shape[1], dim=0)
-            return apply_processors(logits_processor, history, per_row.flatten(0, 1)).view_as(logits)
+            appended = self.sequences.new_zeros(logits.shape[0], 0)
+        if self.shared_length is not None or not processors.reads_history:
+            # Processors that read no ids may see rows of different lengths padded to one width.
+            width = self.shared_length if self.shared_length is not None else self.sequences.shape[1]
+            history = torch.cat([self.sequences[:, :width], appended], dim=1)
+            return apply_processors(processors.batch, history, logits)
         rows = []
         for row, length in enumerate((self.prompt_length + self.num_generated).tolist()):
-            history = torch.cat([self.sequences[row, :length], appended[row]])
-            rows.append(apply_processors(logits_processor, history.expand(per_row.shape[1], -1), per_row[row]))
-        return torch.stack(rows).view_as(logits)
+            history = torch.cat([self.sequences[row, :length], appended[row]])[None]
+            rows.append(apply_processors(processors.for_row(row), history, logits[row : row + 1]))
+        return torch.cat(rows)
 
     def process_positions(
-        self, logits_processor: LogitsProcessorList, logits: torch.Tensor, appended: torch.Tensor
+        self, processors: RowwiseLogitsProcessors, logits: torch.Tensor, appended: torch.Tensor
     ) -> torch.Tensor:
-        """`process` for the logits (batch, n + 1, vocab) after each prefix of `appended` (batch, n): position i
-        follows the committed bytes and `appended[:, :i]`, as when verifying a draft."""
-        if not logits_processor:
+        """`process` for the logits (batch, n, vocab) after each prefix of `appended` (batch, >= n - 1): position i
+        follows the committed bytes and `appended[:, :i]`, as when verifying a draft or filling a block."""
+        if not processors:
             return logits
+        if not processors.reads_history:
+            # They read no ids (any rows do): one call covers every position, so a block of cells costs one call per
+            # denoising step, as a single byte does.
+            history = self.sequences[:, : self.prompt_length].repeat_interleave(logits.shape[1], dim=0)
+            return apply_processors(processors.batch, history, logits.flatten(0, 1)).view_as(logits)
         positions = range(logits.shape[1])
-        return torch.stack([self.process(logits_processor, logits[:, i], appended[:, :i]) for i in positions], dim=1)
+        return torch.stack([self.process(processors, logits[:, i], appended[:, :i]) for i in positions], dim=1)
 
 
 def drawing_distribution(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
@@ -363,7 +462,7 @@ class DecodingStrategy:
     default_unmasking: ClassVar[str | None] = None
 
     def __init__(
-        self, model, generation_config: "BltDiffusionGenerationConfig", logits_processor: LogitsProcessorList
+        self, model, generation_config: "BltDiffusionGenerationConfig", logits_processor: RowwiseLogitsProcessors
     ):
         self.model = model
         self.generation_config = generation_config
@@ -407,10 +506,17 @@ class DecodingStrategy:
         """Per row, the share of drafted bytes that verification kept; None for strategies that do not draft."""
         return None
 
-    def choose(self, state: GenerationState, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick the next byte of every row, or of every cell of a block, from raw logits (batch, ..., vocab):
-        processors, then greedy or sampling. Returns the bytes (batch, ...) and the processed scores."""
-        scores = state.process(self.logits_processor, logits)
+    def choose(
+        self, state: GenerationState, logits: torch.Tensor, block: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick the next byte of every row from raw logits (batch, vocab), or of every cell of a `block` (batch,
+        block) from its logits (batch, block, vocab): processors, then greedy or sampling. Cell i is processed as the
+        byte after the committed bytes and the block's first i cells. Returns the bytes (batch,) or (batch, block)
+        and the processed scores."""
+        if block is None:
+            scores = state.process(self.logits_processor, logits)
+        else:
+            scores = state.process_positions(self.logits_processor, logits, block[:, :-1])
         if self.generation_config.output_scores:
             state.scores.append(scores)
         if self.generation_config.output_logits:
@@ -491,7 +597,9 @@ class BlockDenoiser:
             logits = self.model.block_logits(cache, cells)
             steps = masked.any(dim=1).long()
             state.count_calls(decoder=steps, cell_encoder=steps * self.cells_through_encoder)
-            tokens, scores = self.strategy.choose(state, logits)
+            # Processors see the cells before each one; cells still masked stand as padding, never a byte.
+            known = cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
+            tokens, scores = self.strategy.choose(state, logits, known)
             drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
             unmask = self.rule.select(masked, self.rule.rank(logits))
             cells = torch.where(unmask, tokens, cells)
