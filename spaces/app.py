@@ -54,7 +54,6 @@ class StrategyRun:
     draft: list[int] | None = None
     started: float | None = None
     last_event: float | None = None
-    finished: bool = False
     output: BltDiffusionGenerateOutput | None = None
     note: str = ""
 
@@ -87,6 +86,7 @@ class QueueStreamer:
 @functools.lru_cache(maxsize=2)
 def load_model(source: str) -> BltDiffusionForCausalLM:
     """Our model class loads our checkpoints and stock BLT ones, from a directory or the Hub."""
+    # float32 whatever the stored weights (the shipped model's are float16), as `load_default_model` loads them.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return BltDiffusionForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
 
@@ -125,8 +125,6 @@ def stream_strategy(
             run.draft = None
         elif kind == "draft":
             run.draft = value
-        else:
-            run.finished = True
         yield
 
 
