@@ -5,8 +5,7 @@ BLT's patcher is a small causal byte LM whose next-byte entropies decide where p
 and a loss so that `transformers.Trainer` can train it, before the main model is trained on the patches it defines.
 """
 
-import contextlib
-from collections.abc import Iterator
+import copy
 
 import datasets
 import torch
@@ -17,7 +16,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from ..cache_blt_diffusion import build_attention_context
 from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, run_layers
-from .trainer import BltTrainer, TimeLimitCallback, check_process_group
+from .trainer import BltTrainer, TimeLimitCallback, check_process_group, gathered_state_dict
 
 
 class PatcherLanguageModel(nn.Module):
@@ -69,25 +68,13 @@ class PatcherLanguageModel(nn.Module):
         return CausalLMOutput(loss=loss, logits=logits)
 
 
-@contextlib.contextmanager
-def trainable(module: nn.Module) -> Iterator[nn.Module]:
-    """Let `module`'s parameters take gradients inside the block, and restore each one's `requires_grad` after."""
-    previous = {parameter: parameter.requires_grad for parameter in module.parameters()}
-    module.requires_grad_(True)
-    try:
-        yield module
-    finally:
-        for parameter, requires_grad in previous.items():
-            parameter.requires_grad_(requires_grad)
-
-
 def train_patcher(
     model: BltDiffusionForCausalLM,
     train_dataset: datasets.Dataset,
     args: TrainingArguments,
     max_minutes: float | None = None,
 ) -> PatcherLanguageModel:
-    """Train `model.model.patcher` in place as a next-byte LM with `transformers.Trainer`; it is frozen again after.
+    """Train `model.model.patcher` as a next-byte LM with `transformers.Trainer`; it stays frozen in `model`.
 
     Args:
         model (`BltDiffusionForCausalLM`): a model with an entropy patcher (`patch_in_forward=True`).
@@ -98,7 +85,7 @@ def train_patcher(
         max_minutes (`float`, *optional*): stop earlier when this much time has passed.
 
     Returns:
-        The `PatcherLanguageModel` that was trained (sharing the patcher's parameters), e.g. to evaluate its loss.
+        A `PatcherLanguageModel` of the trained patcher (sharing its parameters), e.g. to evaluate its loss.
 
     Raises:
         `ValueError`: the model has no patcher, or the processes of a distributed launch cannot train together
@@ -107,12 +94,16 @@ def train_patcher(
     if model.model.patcher is None:
         raise ValueError("This model has no entropy patcher (`patch_in_forward=False`).")
     check_process_group(args)
-    patcher_model = PatcherLanguageModel(model.model.patcher)
+    # A Trainer that shards its model (FSDP) leaves the parameters split over the processes and usable only through
+    # its wrapper, while the threshold calibration and the main model's training need the whole patcher: a copy is
+    # trained, and its gathered weights are loaded back.
+    trainee = PatcherLanguageModel(copy.deepcopy(model.model.patcher)).requires_grad_(True)
     callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
-    with trainable(model.model.patcher):
-        BltTrainer(model=patcher_model, args=args, train_dataset=train_dataset, callbacks=callbacks).train()
-    patcher_model.eval()
-    return patcher_model
+    trainer = BltTrainer(model=trainee, args=args, train_dataset=train_dataset, callbacks=callbacks)
+    trainer.train()
+    patcher_model = PatcherLanguageModel(model.model.patcher)
+    patcher_model.load_state_dict(gathered_state_dict(trainer.model))
+    return patcher_model.eval()
 
 
 def mean_patch_length(model: BltDiffusionForCausalLM, entropies: torch.Tensor) -> float:

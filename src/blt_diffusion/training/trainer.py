@@ -5,13 +5,16 @@ Everything here also runs in several processes started by `torchrun` or `acceler
 Trainer gives each process its own batches and averages the gradients, and only the main process writes files.
 """
 
+import contextlib
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import datasets
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     ProgressCallback,
     Trainer,
@@ -37,6 +40,31 @@ def is_main_process() -> bool:
     the process group (e.g. for the first progress messages).
     """
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s whole weights in every process, also when a Trainer has sharded them over the processes (FSDP).
+
+    Gathering is collective: in a distributed run every process must call this.
+    """
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def own_class(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` as an instance of its own class inside the block, also when FSDP2 has sharded it.
+
+    `fully_shard` turns the model's class into a subclass defined in torch (`FSDPBltDiffusionForCausalLM`), which
+    `save_pretrained` takes for the model's code: it would copy torch's FSDP modules into the directory as the
+    `trust_remote_code` modeling code, and point the config's `auto_map` at them.
+    """
+    sharded_class = type(model)
+    if isinstance(model, FSDPModule):
+        model.__class__ = next(base for base in sharded_class.__bases__ if not issubclass(base, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
 
 
 class TrainingDivergedError(RuntimeError):
@@ -177,6 +205,12 @@ class BltTrainer(Trainer):
             step = self.state.global_step + 1
             raise TrainingDivergedError(divergence_message(step, f"the loss is {float(loss)}", self.args))
         return loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """`Trainer._save` (of the model and checkpoints), with the model's own code for `trust_remote_code` when
+        FSDP2 has sharded it (`own_class`)."""
+        with own_class(self.model):
+            super()._save(output_dir, state_dict)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for prefix, loss_key in (("", "loss"), ("eval_", "eval_loss")):
