@@ -87,6 +87,8 @@ def test_forward_returns_model_outputs_with_stock_blts_hidden_states_and_attenti
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], output.last_hidden_state)
     assert len(as_tuple) == 5  # last_hidden_state and the four stacks' hidden states
     assert torch.equal(ours(input_ids, return_dict=False)[0], lm_output.logits)
+    with pytest.raises(ValueError, match="True or False"):
+        ours(input_ids, output_hidden_states=[-1])
 
 
 @torch.no_grad()

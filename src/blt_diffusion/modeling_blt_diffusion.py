@@ -1352,6 +1352,12 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
                 `config.return_dict`.
         """
         self.validate_forward_inputs(input_ids, attention_mask, inputs_embeds, cache)
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if not isinstance(output_hidden_states, bool):
+            # transformers also takes indices here, to keep only some states, which this model does not select.
+            raise ValueError(f"`output_hidden_states` must be True or False, got {output_hidden_states!r}.")
         # Any integer dtype of ids is accepted; embeddings and caches take int64.
         input_ids = input_ids.long()
         if cache is None and use_cache:
@@ -1361,7 +1367,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         if right_padding is not None:
             input_ids, attention_mask = right_padding.apply(input_ids), right_padding.apply(attention_mask)
         collector = LayerOutputs(
-            hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            hidden_states=output_hidden_states,
             attentions=self.config.output_attentions if output_attentions is None else output_attentions,
         )
         with collector.collecting():
