@@ -99,13 +99,15 @@ def test_stepwise_append_gives_the_logits_of_appending_one_byte_at_a_time(max_pa
     caches = [max_patch_model.new_cache(1, 8) for _ in range(3)]
     with torch.no_grad():
         for cache in caches:
-            max_patch_model.model(input_ids[:, :10], cache)
-        expected = torch.cat([max_patch_model.model(input_ids[:, i : i + 1], caches[0]) for i in range(10, 90)], 1)
+            max_patch_model.model.append_bytes(input_ids[:, :10], cache)
+        expected = torch.cat(
+            [max_patch_model.model.append_bytes(input_ids[:, i : i + 1], caches[0]) for i in range(10, 90)], 1
+        )
         chunks = range(10, 90, 16)
         stepwise = torch.cat(
-            [max_patch_model.model(input_ids[:, i : i + 16], caches[1], stepwise=True) for i in chunks], 1
+            [max_patch_model.model.append_bytes(input_ids[:, i : i + 16], caches[1], stepwise=True) for i in chunks], 1
         )
-        plain = torch.cat([max_patch_model.model(input_ids[:, i : i + 16], caches[2]) for i in chunks], 1)
+        plain = torch.cat([max_patch_model.model.append_bytes(input_ids[:, i : i + 16], caches[2]) for i in chunks], 1)
     torch.testing.assert_close(stepwise, expected, atol=1e-4, rtol=0)
     # Without it, bytes that close a patch inside a chunk read their own patch, as a full forward does.
     assert not torch.allclose(plain, expected, atol=1e-3)

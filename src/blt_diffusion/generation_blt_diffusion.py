@@ -14,8 +14,9 @@ from transformers import GenerationConfig, GenerationMixin, SynthIDTextWatermark
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
+from .cache_blt_diffusion import RightToLeftPadding
 from .strategies_blt_diffusion import (
     BLOCK_SIZE,
     CONFIDENCE_THRESHOLD,
@@ -34,6 +35,8 @@ from .strategies_blt_diffusion import (
 
 # The byte budget of the generation config a model gets from its model config.
 DEFAULT_MAX_NEW_TOKENS = 256
+
+logger = logging.get_logger(__name__)
 
 # Transformers' decoding algorithms other than greedy search and sampling, and the fields that ask for them: BLT
 # models decode with their own strategies (`decoding`) instead.
@@ -269,7 +272,8 @@ class ParameterCounts:
 
 
 # Keyword arguments `generate` accepts besides generation-config fields; anything else is a typo worth reporting.
-_ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "output_attentions", "output_hidden_states"}
+# `logits_to_keep` changes nothing: strategies compute only the logits they read.
+_ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "output_attentions", "output_hidden_states", "logits_to_keep"}
 
 
 class BltDiffusionGenerationMixin(GenerationMixin):
@@ -310,8 +314,10 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         Generate bytes after `input_ids` with the strategy named by `decoding`.
 
         Args:
-            inputs / input_ids (`torch.LongTensor` of shape `(batch, prompt)`, *optional*): prompts, left-padded in a
-                batch. Missing or empty: generation starts from BOS.
+            inputs / input_ids (`torch.LongTensor` of shape `(batch, prompt)`, *optional*): prompts, padded in a
+                batch (left padding is the layout strategies read; right-padded prompts are moved into it, and the
+                output gives them back as they came, each row's new bytes after them). Missing or empty: generation
+                starts from BOS.
             generation_config (`GenerationConfig`, *optional*): defaults to `model.generation_config`.
             logits_processor (`LogitsProcessorList`, *optional*): added to those the config implies. Like those,
                 called with the batch's histories, or with one row's when rows hold different numbers of bytes, and
@@ -339,8 +345,12 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         attention_mask = model_kwargs.get("attention_mask")
         input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
         input_ids, attention_mask = self._expand_for_return_sequences(input_ids, attention_mask, generation_config)
+        prompts = input_ids
+        right_padding = RightToLeftPadding.of(attention_mask)
+        if right_padding is not None:
+            input_ids, attention_mask = right_padding.apply(input_ids), right_padding.apply(attention_mask)
         max_new_tokens = self._resolve_max_new_tokens(generation_config, input_ids.shape[1], user_set_max_length)
-        self._check_position_limit(input_ids.shape[1], max_new_tokens)
+        self._warn_past_position_limit(input_ids.shape[1], max_new_tokens)
 
         generation_config.max_length = input_ids.shape[1] + max_new_tokens
         generation_config.max_new_tokens = max_new_tokens
@@ -357,7 +367,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             strategy.check_model()
             strategy.start(state, input_ids, attention_mask)
         if streamer is not None:
-            streamer.put(input_ids.cpu())
+            streamer.put(prompts.cpu())
         if not state.done:
             while True:
                 tokens, counts = strategy.next_tokens(state)
@@ -369,6 +379,8 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             streamer.end()
 
         sequences = state.output_sequences()
+        # The prompts as they came, right padding included.
+        sequences[:, : prompts.shape[1]] = prompts
         if not generation_config.return_dict_in_generate:
             return sequences
         counts = ParameterCounts.of(self)
@@ -466,7 +478,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             raise ValueError("`input_ids` must be a 2-D tensor of byte ids, shape (batch, prompt_length).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self.validate_inputs(input_ids, attention_mask, allow_right_padding=False)
+        self.validate_inputs(input_ids, attention_mask)
         # Any integer dtype of ids is accepted; the caches hold int64.
         return input_ids.to(device=device, dtype=torch.long), attention_mask.to(device)
 
@@ -515,11 +527,12 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             )
         return max_new_tokens
 
-    def _check_position_limit(self, prompt_length: int, max_new_tokens: int) -> None:
+    def _warn_past_position_limit(self, prompt_length: int, max_new_tokens: int) -> None:
+        """Generation may run past `config.max_position_embeddings`, as transformers' does, with its warning."""
         limit = self.config.max_position_embeddings
         if prompt_length + max_new_tokens > limit:
-            raise ValueError(
-                f"The prompt ({prompt_length} bytes) plus `max_new_tokens` ({max_new_tokens}) exceeds the model's "
-                f"position limit `config.max_position_embeddings` ({limit}). Shorten the prompt (keep its last "
-                f"bytes) or lower `max_new_tokens`."
+            logger.warning_once(
+                f"The prompt ({prompt_length} bytes) plus `max_new_tokens` ({max_new_tokens}) may exceed the model's "
+                f"predefined maximum length (`config.max_position_embeddings` = {limit}). Depending on the model, you "
+                "may observe exceptions, performance degradation, or nothing at all."
             )
