@@ -264,12 +264,46 @@ class RowwiseLogitsProcessors:
         return self.rows[row]
 
 
+class CommittedByteRecord:
+    """A (vocab,) vector per committed byte of every row (processed scores or raw logits), kept as transformers'
+    `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
+    committed per call. Positions a row never reached (it stopped earlier) hold zeros.
+
+    `values` (batch, capacity, vocab) grows by doubling as rows commit bytes.
+    """
+
+    def __init__(self):
+        self.values: torch.Tensor | None = None
+
+    def write(self, positions: torch.Tensor, vectors: torch.Tensor, rows_that_take: torch.Tensor) -> None:
+        """Store `vectors` (batch, vocab) at generated position `positions` (batch,) of the rows that take a byte
+        (batch,) boolean."""
+        needed = int(positions.max()) + 1
+        if self.values is None:
+            self.values = vectors.new_zeros(vectors.shape[0], needed, vectors.shape[1])
+        elif needed > self.values.shape[1]:
+            grown = self.values.new_zeros(
+                self.values.shape[0], max(needed, 2 * self.values.shape[1]), *self.values.shape[2:]
+            )
+            grown[:, : self.values.shape[1]] = self.values
+            self.values = grown
+        rows = torch.arange(vectors.shape[0], device=vectors.device)
+        self.values[rows, positions] = torch.where(rows_that_take[:, None], vectors, self.values[rows, positions])
+
+    def steps(self, num_generated: int) -> tuple[torch.Tensor, ...]:
+        """One (batch, vocab) tensor per generated position, `num_generated` of them."""
+        if self.values is None:
+            return ()
+        return tuple(self.values[:, position] for position in range(num_generated))
+
+
 class GenerationState:
     """Sequences being generated, which rows are still running, and what each row has cost so far.
 
     `sequences` (batch, prompt + max_new) is preallocated with padding; `num_generated` (batch,) counts committed
     bytes per row. Strategies commit bytes through `commit`, which applies EOS, the exact `max_new_tokens` budget,
-    stopping criteria and streaming in one place.
+    stopping criteria and streaming in one place, and keeps the processed scores and raw logits of committed bytes
+    when the generation config asks for them (`output_scores`, `output_logits`).
     """
 
     def __init__(
@@ -279,10 +313,17 @@ class GenerationState:
         generation_config: "BltDiffusionGenerationConfig",
         stopping_criteria: StoppingCriteriaList,
         streamer,
+        attention_mask: torch.Tensor | None = None,
     ):
         batch_size, prompt_length = input_ids.shape
         device = input_ids.device
         self.prompt_length = prompt_length
+        # Left padding of each prompt (batch,).
+        self.prompt_padding = (
+            torch.zeros(batch_size, dtype=torch.long, device=device)
+            if attention_mask is None
+            else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+        )
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = generation_config.pad_token_id
         self.stopping_criteria = stopping_criteria
@@ -298,8 +339,8 @@ class GenerationState:
         self.patcher_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cell_encoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.last_scores: torch.Tensor | None = None
-        self.scores: list[torch.Tensor] = []
-        self.raw_logits: list[torch.Tensor] = []
+        self.scores = CommittedByteRecord() if generation_config.output_scores else None
+        self.raw_logits = CommittedByteRecord() if generation_config.output_logits else None
         if max_new_tokens == 0:
             self.unfinished[:] = False
         self.shared_length = self._shared_length()
@@ -322,11 +363,19 @@ class GenerationState:
         self.patcher_nfe += running * patcher
         self.cell_encoder_nfe += running * cell_encoder
 
-    def commit(self, tokens: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    def commit(
+        self,
+        tokens: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Append up to `counts[r]` bytes of `tokens[r]` (batch, n) to each running row, in order.
 
         A row takes bytes until its count, its `max_new_tokens` budget, EOS or a stopping criterion says stop (the
         byte that triggers EOS or a criterion is kept); the streamer then receives the committed bytes as one block.
+        `scores` and `logits` (batch, n, vocab), the processed scores and raw logits each offered byte was chosen
+        from, are kept for the bytes taken when the generation config asks for them.
 
         Returns:
             `torch.Tensor` of shape `(batch,)`: how many bytes each row took.
@@ -344,6 +393,10 @@ class GenerationState:
             # Rows that take nothing may already be full; they rewrite their last byte unchanged.
             slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
             self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
+            for record, offered_vectors in ((self.scores, scores), (self.raw_logits, logits)):
+                if record is not None and offered_vectors is not None:
+                    positions = self.num_generated.clamp(max=self.max_new_tokens - 1)
+                    record.write(positions, offered_vectors[:, index], takes)
             self.num_generated += takes.long()
             taken += takes.long()
             stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
@@ -436,6 +489,18 @@ def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
 
 
+@dataclass
+class ProposedBytes:
+    """What a strategy offers every row in one step: bytes `tokens` (batch, n), how many of them count per row
+    `counts` (batch,) (None: all), and the processed `scores` and raw `logits` (batch, n, vocab) each byte was chosen
+    from, which `output_scores` / `output_logits` return for the bytes committed."""
+
+    tokens: torch.Tensor
+    counts: torch.Tensor | None
+    scores: torch.Tensor
+    logits: torch.Tensor
+
+
 class DecodingStrategy:
     """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`, and describe
     themselves in class attributes, which the command line, the examples and the README's table read:
@@ -494,8 +559,8 @@ class DecodingStrategy:
     def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Bytes offered to each row, (batch, n), and how many of them count per row, (batch,) or None for all."""
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
+        """Bytes offered to each row, how many of them count, and what they were chosen from."""
         raise NotImplementedError
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
@@ -517,10 +582,6 @@ class DecodingStrategy:
             scores = state.process(self.logits_processor, logits)
         else:
             scores = state.process_positions(self.logits_processor, logits, block[:, :-1])
-        if self.generation_config.output_scores:
-            state.scores.append(scores)
-        if self.generation_config.output_logits:
-            state.raw_logits.append(logits)
         if self.generation_config.do_sample:
             tokens = draw(scores.flatten(0, -2).softmax(dim=-1), do_sample=True).view(scores.shape[:-1])
         else:
@@ -545,9 +606,9 @@ class AutoregressiveDecoding(DecodingStrategy):
         self.next_logits = self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
         state.count_calls(decoder=1, global_=1, patcher=1)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         tokens, state.last_scores = self.choose(state, self.next_logits)
-        return tokens[:, None], None
+        return ProposedBytes(tokens[:, None], None, state.last_scores[:, None], self.next_logits[:, None])
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         # Finished rows keep decoding in lockstep with the others; their results are never read.
@@ -582,17 +643,13 @@ class BlockDenoiser:
         # Each denoising step then also runs the local encoder over the block, a cost of its own.
         self.cells_through_encoder = int(self.model.config.diffusion_cell_embedding == "encoder")
 
-    def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill a block for every running row, counting one decoder call per step per running row.
-
-        Returns the cells (batch, block_size) and, per cell, the distribution its byte was drawn from (batch,
-        block_size, vocab): the processed distribution with `do_sample`, else one-hot on the argmax. Finished rows
-        ride along in lockstep without steering the loop; their cells come back as padding.
-        """
+    def denoise(self, state: GenerationState, cache, block_size: int) -> "DenoisedBlock":
+        """Fill a block for every running row, counting one decoder call per step per running row. Finished rows ride
+        along in lockstep without steering the loop; their cells come back as padding."""
         batch_size = state.sequences.shape[0]
         cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
         masked = state.unfinished[:, None].expand_as(cells).clone()
-        distributions = None
+        committing_scores = committing_logits = None
         while bool(masked.any()):
             logits = self.model.block_logits(cache, cells)
             steps = masked.any(dim=1).long()
@@ -600,16 +657,33 @@ class BlockDenoiser:
             # Processors see the cells before each one; cells still masked stand as padding, never a byte.
             known = cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
             tokens, scores = self.strategy.choose(state, logits, known)
-            drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
             unmask = self.rule.select(masked, self.rule.rank(logits))
             cells = torch.where(unmask, tokens, cells)
-            distributions = (
-                drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
-            )
+            if committing_scores is None:
+                committing_scores, committing_logits = scores, logits
+            else:
+                committing_scores = torch.where(unmask[..., None], scores, committing_scores)
+                committing_logits = torch.where(unmask[..., None], logits, committing_logits)
             masked &= ~unmask
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
-        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), distributions
+        cells = cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
+        return DenoisedBlock(cells, committing_scores, committing_logits)
+
+
+@dataclass
+class DenoisedBlock:
+    """A filled diffusion block: its bytes `cells` (batch, block), and per cell the processed scores and raw logits
+    (batch, block, vocab) of the denoising step that committed it, the distribution its byte was drawn from."""
+
+    cells: torch.Tensor
+    scores: torch.Tensor
+    logits: torch.Tensor
+
+    def drawing_distributions(self, do_sample: bool) -> torch.Tensor:
+        """The distribution each cell's byte was drawn from (batch, block, vocab): the processed one when sampling,
+        one-hot on the byte when greedy."""
+        return drawing_distribution(self.scores, do_sample)
 
 
 class DiffusionDecoding(DecodingStrategy):
@@ -638,10 +712,11 @@ class DiffusionDecoding(DecodingStrategy):
         self.model.open_block(self.cache, input_ids, attention_mask)
         state.count_calls(global_=1, patcher=1)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         remaining = state.max_new_tokens - state.num_generated
         block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
-        return self.denoiser.denoise(state, self.cache, block_size)[0], None
+        block = self.denoiser.denoise(state, self.cache, block_size)
+        return ProposedBytes(block.cells, None, block.scores, block.logits)
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         self.model.open_block(self.cache, tokens)
@@ -652,12 +727,12 @@ class SpeculativeDecoding(DecodingStrategy):
     """Lossless speculative decoding: a draft step proposes bytes, one causal pass of the whole model verifies them,
     drafted bytes stand up to the first rejection, and a correction drawn from the model follows.
 
-    A round: `draft` proposes up to `max_draft_length()` bytes and leaves the caches as found; `verify` appends them
-    with one full forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the
-    model's own distribution after each, and applies the speculative acceptance rule; `feed` crops the caches to the
-    kept bytes and hands the correction to `take_correction`. Greedy output is identical to autoregressive decoding,
-    and sampled output is distributed as autoregressive sampling. Subclasses implement `draft`, `max_draft_length`
-    and `take_correction`.
+    A round: `draft` proposes up to `max_draft_length()` bytes per row and leaves the caches as found; `verify`
+    appends them with one full forward (patcher, encoder, global transformer on the patches they close, decoder),
+    which gives the model's own distribution after each, and applies the speculative acceptance rule; `feed` crops
+    the caches to the kept bytes and hands the correction to `take_correction`, which by default holds it back for
+    the next verification to append. Greedy output is identical to autoregressive decoding, and sampled output is
+    distributed as autoregressive sampling. Subclasses implement `draft` and `max_draft_length`.
     """
 
     lossless = True
@@ -678,27 +753,48 @@ class SpeculativeDecoding(DecodingStrategy):
         raise NotImplementedError
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft bytes (batch, draft_length) after the committed ones (the held-back `correction` included), and the
-        distributions they were drawn from (batch, draft_length, vocab); the caches are left as found."""
+        """Draft up to `draft_length` bytes per row after the committed ones (the held-back `correction` included),
+        and the distributions they were drawn from; the caches are left as found.
+
+        Returns:
+            drafted bytes (batch, n) and their distributions (batch, n, vocab), n <= draft_length. A row that drafts
+            fewer than n bytes gives the positions after its draft an all-zero distribution: they are no draft, and
+            verification never keeps them.
+        """
         raise NotImplementedError
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
-        """Bring the model up to date with the round's last committed byte (batch,): append it now, or hold it back
-        in `self.correction` for the next verification to append."""
-        raise NotImplementedError
+        """Bring the model up to date with the round's last committed byte (batch,): by default, hold it back in
+        `self.correction` for the next verification to append together with the next draft."""
+        self.correction = correction
 
     def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
         return self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         remaining = state.max_new_tokens - state.num_generated
         draft_length = max(1, min(self.max_draft_length(), int(remaining[state.unfinished].max())))
         return self.verify(state, *self.draft(state, draft_length))
 
+    def verification_logits(self, state: GenerationState, drafted: torch.Tensor) -> torch.Tensor:
+        """The model's logits (batch, n + 1, vocab) after the committed bytes and after each drafted byte (batch,
+        n), from one forward that appends the held-back correction and the drafts; none when nothing is to append."""
+        if self.correction is None:
+            if drafted.shape[1] == 0:
+                return self.next_logits[:, None]
+            logits = self.model.append_bytes(self.cache, drafted, stepwise=True)
+            logits = torch.cat([self.next_logits[:, None], logits], dim=1)
+        else:
+            logits = self.model.append_bytes(
+                self.cache, torch.cat([self.correction[:, None], drafted], dim=1), stepwise=True
+            )
+        state.count_calls(decoder=1, global_=1, patcher=1)
+        return logits
+
     def verify(
         self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> ProposedBytes:
         """Speculative acceptance of drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab).
 
         One forward over the draft gives the distribution p_i autoregressive decoding would draw byte i from. Byte i
@@ -706,25 +802,20 @@ class SpeculativeDecoding(DecodingStrategy):
         replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
         distribution after the last. Output bytes are then distributed exactly as autoregressive sampling (Leviathan
         et al., 2023); greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one the
-        model would not have chosen and then appends the model's own.
+        model would not have chosen and then appends the model's own. A position without a draft (q = 0) never
+        stands, and its byte is drawn from p itself.
 
-        Returns the bytes offered per row (batch, n + 1) and how many count (batch,).
+        Returns the bytes offered per row (batch, n + 1), how many count (batch,), and the verifying scores and
+        logits of each (batch, n + 1, vocab): what autoregressive decoding would have chosen every committed byte from.
         """
-        lengths = self.cache.lengths()
-        if self.correction is None:
-            logits = self.model.append_bytes(self.cache, drafted, stepwise=True)
-            logits = torch.cat([self.next_logits[:, None], logits], dim=1)
-        else:
-            logits = self.model.append_bytes(
-                self.cache, torch.cat([self.correction[:, None], drafted], dim=1), stepwise=True
-            )
-            lengths = lengths + 1
-        state.count_calls(decoder=1, global_=1, patcher=1)
+        lengths = self.cache.lengths() + int(self.correction is not None)
+        logits = self.verification_logits(state, drafted)
         scores = state.process_positions(self.logits_processor, logits, drafted)
         targets = drawing_distribution(scores, self.generation_config.do_sample)
         target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
         draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
-        acceptance = (target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)).clamp(max=1)
+        ratio = target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)
+        acceptance = torch.where(draft_of_draft > 0, ratio.clamp(max=1), 0)
         stands = torch.rand_like(acceptance) < acceptance
         accepted = stands.long().cumprod(dim=1).sum(dim=1)
 
@@ -739,10 +830,10 @@ class SpeculativeDecoding(DecodingStrategy):
         tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
         tokens[rows, accepted] = replacement
         running = state.unfinished.long()
-        self.drafted += running * drafted.shape[1]
+        self.drafted += running * (draft_distributions.sum(dim=-1) > 0).sum(dim=1)
         self.accepted += running * accepted
         self.kept_lengths = lengths + accepted
-        return tokens, accepted + 1
+        return ProposedBytes(tokens, accepted + 1, scores, logits)
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         """Keep the accepted drafts in the caches, then take in the correction."""
@@ -808,10 +899,6 @@ class SelfSpeculativeDecoding(SpeculativeDecoding):
         # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
         return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
 
-    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
-        """Hold the correction back: the next verification appends it together with the next draft."""
-        self.correction = correction
-
 
 class DiffusionVerifiedDecoding(SpeculativeDecoding):
     """BLT-DV: a BLT-D block drafted by diffusion (`unmasking="one_step"` by default), verified as in BLT-S. Greedy
@@ -849,7 +936,8 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft a block by diffusion after the committed bytes (denoising keeps nothing of the block's cells)."""
-        return self.denoiser.denoise(state, self.cache, draft_length)
+        block = self.denoiser.denoise(state, self.cache, draft_length)
+        return block.cells, block.drawing_distributions(self.generation_config.do_sample)
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
         """Append the correction now: the next block is denoised after it."""
