@@ -15,7 +15,9 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
+from .cache_blt_diffusion import BltDiffusionCache
 from .strategies_blt_diffusion import (
     BLOCK_SIZE,
     CONFIDENCE_THRESHOLD,
@@ -223,7 +225,8 @@ class BltDiffusionGenerateOutput(ModelOutput):
         zeros.
     logits (`tuple[torch.FloatTensor]`, *optional*): with `output_logits=True`, the raw logits of the same positions,
         shaped as `scores`.
-    cache (`BltDiffusionCache`, *optional*): the cache at the end of generation.
+    cache (`BltDiffusionCache`, *optional*): the cache at the end of generation, holding each row's committed bytes
+        (all but the last few): pass it to `generate(history + new_bytes, cache=output.cache)` to continue.
     """
 
     sequences: torch.LongTensor | None = None
@@ -298,6 +301,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
                 setattr(self.generation_config, name, getattr(self.config, name))
 
     @torch.no_grad()
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def generate(
         self,
         inputs: torch.Tensor | None = None,
@@ -307,6 +311,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         streamer=None,
         input_ids: torch.Tensor | None = None,
         tokenizer=None,
+        cache: BltDiffusionCache | None = None,
         **kwargs,
     ) -> BltDiffusionGenerateOutput | torch.LongTensor:
         r"""
@@ -322,6 +327,10 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             stopping_criteria (`StoppingCriteriaList`, *optional*): added to max length, EOS and stop strings.
             streamer (`BaseStreamer`, *optional*): receives the prompt, then committed bytes, then `end()`.
             tokenizer (*optional*): needed for `stop_strings`.
+            cache (`BltDiffusionCache`, *optional*): `output.cache` of an earlier generation (with
+                `return_dict_in_generate=True`) by this model, to continue it: pass the whole history as the prompt,
+                as in transformers (`past_key_values` is the older name); only the bytes the cache does not hold are
+                read, and the cache is updated in place. Any strategy continues from any strategy's cache.
             kwargs: generation-config fields (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
                 `repetition_penalty`, `decoding`, ...) and `attention_mask`.
 
@@ -342,6 +351,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         attention_mask = model_kwargs.get("attention_mask")
         input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
         input_ids, attention_mask = self._expand_for_return_sequences(input_ids, attention_mask, generation_config)
+        self._check_cache(cache, input_ids.shape[0])
         max_new_tokens = self._resolve_max_new_tokens(generation_config, input_ids.shape[1], user_set_max_length)
         self._check_position_limit(input_ids.shape[1], max_new_tokens)
 
@@ -358,7 +368,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if not state.done:
             # The strategy checks that it can run on this model before the streamer sees anything.
             strategy.check_model()
-            strategy.start(state, input_ids, attention_mask)
+            strategy.start(state, input_ids, attention_mask, cache)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         if not state.done:
@@ -368,6 +378,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
                 if state.done:
                     break
                 strategy.feed(state, proposed.tokens, taken)
+            strategy.finish(state)
         if streamer is not None:
             streamer.end()
 
@@ -484,6 +495,23 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if copies == 1:
             return input_ids, attention_mask
         return input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
+
+    def _check_cache(self, cache: BltDiffusionCache | None, batch_size: int) -> None:
+        """A cache to continue from must be one this model's generation returned, with a row per prompt."""
+        if cache is None:
+            return
+        if not isinstance(cache, BltDiffusionCache):
+            raise TypeError(
+                f"`cache` must be the `BltDiffusionCache` of an earlier generation (`output.cache` with "
+                f"`return_dict_in_generate=True`), got {type(cache).__name__}."
+            )
+        if cache.layout() != self.new_cache(1, 1).layout():
+            raise ValueError("`cache` was made by a model of another configuration or dtype than this one.")
+        if cache.lengths().shape[0] != batch_size:
+            raise ValueError(
+                f"`cache` holds {cache.lengths().shape[0]} rows, but there are {batch_size} prompts (after "
+                "`num_return_sequences`); continue each generated row with its own history."
+            )
 
     def _check_token_ids(self, generation_config: BltDiffusionGenerationConfig) -> None:
         """Special and forced ids must name tokens of the vocabulary, and rows that stop early need a pad id."""

@@ -264,6 +264,26 @@ class RowwiseLogitsProcessors:
         return self.rows[row]
 
 
+def reuse_cache(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int | None:
+    """Crop `cache` (a `BltDiffusionCache`) so that every row appends the same number of its prompt's last bytes, as
+    few as the bytes it shares with the prompts allow, and return that number; None, leaving the cache as it is, when
+    some prompt is shorter than that (reading the prompts afresh is then the only way).
+
+    Args:
+        input_ids (`torch.Tensor` of shape `(batch, prompt)`): prompts, left-padded under `attention_mask`.
+    """
+    padding = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+    lengths = input_ids.shape[1] - padding
+    held = cache.held_prefix_lengths(input_ids, padding, torch.full_like(padding, input_ids.shape[1]))
+    # The last byte is always appended: its logits start decoding.
+    held = torch.minimum(held, lengths - 1)
+    width = int((lengths - held).max())
+    if bool((lengths < width).any()):
+        return None
+    cache.crop(lengths - width)
+    return width
+
+
 class CommittedByteRecord:
     """A (vocab,) vector per committed byte of every row (processed scores or raw logits), kept as transformers'
     `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
@@ -425,6 +445,11 @@ class GenerationState:
         aligned = self.sequences.gather(1, columns.clamp(min=0))
         return aligned.masked_fill(columns < 0, self.pad_token_id)
 
+    def committed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every row's committed bytes, prompt included: `sequences` (batch, width) and, per row (batch,), the slot
+        of its first byte (after the prompt's left padding) and one past its last."""
+        return self.sequences, self.prompt_padding, self.prompt_length + self.num_generated
+
     def output_sequences(self) -> torch.Tensor:
         return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
 
@@ -556,8 +581,34 @@ class DecodingStrategy:
                 "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
             )
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+        """Read the prompts (batch, prompt), left-padded under `attention_mask`, into `self.cache`: a new cache, or
+        `cache`, a `BltDiffusionCache` from an earlier generation, for the bytes it shares with them (`open_cache`)."""
         raise NotImplementedError
+
+    def open_cache(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, capacity: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Set `self.cache` to decode after the prompts `input_ids` (batch, prompt), left-padded under
+        `attention_mask`, and return the prompt bytes it does not hold yet (batch, new) and their attention mask.
+
+        An earlier generation's `cache` is kept for the bytes it shares with the prompts (`reuse_cache`), so that a
+        conversation continues without reading its history again; otherwise the cache is new, with room for
+        `capacity` bytes per row.
+        """
+        if cache is not None:
+            width = reuse_cache(cache, input_ids, attention_mask)
+            if width is not None:
+                self.cache = cache
+                return input_ids[:, -width:], None
+        self.cache = self.model.new_cache(input_ids.shape[0], capacity, device=input_ids.device)
+        return input_ids, attention_mask
+
+    def finish(self, state: GenerationState) -> None:
+        """Crop `self.cache` to the committed bytes it holds, so that a later `generate(..., cache=output.cache)`
+        continues from them: drafts past a rejection and bytes decoded after a row stopped are dropped."""
+        if self.cache is not None:
+            self.cache.crop(self.cache.held_prefix_lengths(*state.committed_rows()))
 
     def next_tokens(self, state: GenerationState) -> ProposedBytes:
         """Bytes offered to each row, how many of them count, and what they were chosen from."""
@@ -599,11 +650,10 @@ class AutoregressiveDecoding(DecodingStrategy):
     # The reference that lossless strategies reproduce.
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self.cache = self.model.new_cache(
-            input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens, device=input_ids.device
-        )
-        self.next_logits = self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+        capacity = input_ids.shape[1] + state.max_new_tokens
+        new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
+        self.next_logits = self.model.append_bytes(self.cache, new_ids, new_mask, last_only=True)
         state.count_calls(decoder=1, global_=1, patcher=1)
 
     def next_tokens(self, state: GenerationState) -> ProposedBytes:
@@ -702,14 +752,11 @@ class DiffusionDecoding(DecodingStrategy):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = ConfidenceUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
         self.denoiser = BlockDenoiser(self)
-        self.cache = self.model.new_cache(
-            input_ids.shape[0],
-            input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
-            device=input_ids.device,
-        )
-        self.model.open_block(self.cache, input_ids, attention_mask)
+        capacity = input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size
+        new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
+        self.model.open_block(self.cache, new_ids, new_mask)
         state.count_calls(global_=1, patcher=1)
 
     def next_tokens(self, state: GenerationState) -> ProposedBytes:
@@ -737,11 +784,10 @@ class SpeculativeDecoding(DecodingStrategy):
 
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
         batch_size = input_ids.shape[0]
         capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
-        self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
-        self.next_logits = self.append(input_ids, attention_mask)
+        self.next_logits = self.append(*self.open_cache(input_ids, attention_mask, cache, capacity))
         state.count_calls(decoder=1, global_=1, patcher=1)
         # The committed byte the caches do not hold yet (batch,), or None when `next_logits` follow the last one.
         self.correction: torch.Tensor | None = None
@@ -916,7 +962,7 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = OneStepUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
         self.denoiser = BlockDenoiser(self)
         unmasking = self.denoiser.rule.name
         if self.generation_config.do_sample and unmasking != OneStepUnmasking.name:
@@ -925,7 +971,7 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
             raise ValueError(
                 f"Sampling with decoding={self.name!r} needs unmasking={OneStepUnmasking.name!r}, got {unmasking!r}."
             )
-        super().start(state, input_ids, attention_mask)
+        super().start(state, input_ids, attention_mask, cache)
 
     def max_draft_length(self) -> int:
         return self.denoiser.block_size
