@@ -826,3 +826,14 @@ def test_console_script_is_installed():
     assert completed.returncode == 0, completed.stderr
     assert "prompt followed by the generated text" in " ".join(completed.stdout.split())
     assert "autoregressive" in completed.stdout
+
+
+def test_drafting_options_imply_their_strategy_and_print_the_autoregressive_text(capsys, diffusion_dir):
+    argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "16"]
+    status, expected, _ = run(capsys, *argv)
+    assert status == 0
+    for drafting in (["--prompt-lookup-num-tokens", "4"], ["--assistant-model", str(diffusion_dir)]):
+        assert run(capsys, *argv, *drafting)[:2] == (0, expected)
+
+    status, out, err = run(capsys, *argv, "--decoding", "assisted")
+    assert status == 2 and err.strip().splitlines()[-1].endswith("--decoding assisted needs --assistant-model PATH")

@@ -4,6 +4,9 @@ from the returned cache without re-encoding the history."""
 import pytest
 import torch
 from conftest import EOS, left_pad, spread_prompts, text_ids
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor
+
+from blt_diffusion.strategies_blt_diffusion import AssistantDrafter, speculative_acceptance
 
 NEW_BYTES = 16
 
@@ -105,3 +108,111 @@ def test_a_cache_that_cannot_continue_these_prompts_is_refused_by_name(diffusion
     ):
         with pytest.raises(error, match="`cache`"):
             diffusion_model.generate(prompt, max_new_tokens=2, cache=cache)
+
+
+# --- Prompt lookup and assisted decoding: drafts from elsewhere, verified losslessly ---------------------------------
+
+
+class RepeatBytesBack(LogitsProcessor):
+    """Favours the byte `period` bytes back, so that the model repeats its recent text: output that copies earlier
+    text, as prompt lookup's drafts expect."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.scatter_add(1, input_ids[:, -self.period :][:, :1], torch.full_like(scores[:, :1], 100.0))
+
+
+@pytest.mark.parametrize("copying", [True, False], ids=["drafts_often_right", "drafts_often_wrong"])
+def test_greedy_prompt_lookup_equals_autoregressive_on_ragged_batches(diffusion_model, ragged_batch, copying):
+    processors = [RepeatBytesBack(period=5)] if copying else []
+    expected = generate(diffusion_model, ragged_batch, logits_processor=processors, max_new_tokens=40)
+    output = generate(
+        diffusion_model, ragged_batch, logits_processor=processors, max_new_tokens=40, prompt_lookup_num_tokens=6
+    )
+    assert torch.equal(output.sequences, expected.sequences)
+    if copying:
+        # The output repeats text five bytes back, which the lookup finds: most drafted bytes stand.
+        assert bool((output.acceptance_rate > 0.7).all())
+        assert bool((output.decoder_nfe < expected.decoder_nfe / 2).all())
+    else:
+        assert bool((output.acceptance_rate < 0.3).all())
+
+
+def test_greedy_assisted_decoding_equals_autoregressive_on_ragged_batches(
+    diffusion_model, max_patch_model, ragged_batch
+):
+    expected = generate(diffusion_model, ragged_batch)
+    # The model itself drafts exactly what it then chooses; a model of other weights drafts mostly wrong bytes.
+    for assistant, lowest, highest in ((diffusion_model, 1.0, 1.0), (max_patch_model, 0.0, 0.5)):
+        output = generate(diffusion_model, ragged_batch, assistant_model=assistant, num_assistant_tokens=4)
+        assert torch.equal(output.sequences, expected.sequences)
+        assert bool((output.acceptance_rate >= lowest).all()) and bool((output.acceptance_rate <= highest).all())
+
+
+def tiny_llama(vocab_size: int = 260) -> LlamaForCausalLM:
+    """A random transformers causal LM, by default over the same 260 byte ids."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def test_any_transformers_causal_lm_over_the_byte_ids_can_assist(diffusion_model, ragged_batch):
+    llama = tiny_llama()
+    expected = generate(diffusion_model, ragged_batch)
+    assert torch.equal(generate(diffusion_model, ragged_batch, assistant_model=llama).sequences, expected.sequences)
+
+    # Its cache keeps rejected drafts as holes: after rows keep 2, 1 and 0 of two drafted bytes and one more byte
+    # each, the next-byte logits are those of reading each row's text afresh.
+    drafter = AssistantDrafter.for_model(llama)
+    prompts, attention_mask = ragged_batch
+    with torch.no_grad():
+        drafter.catch_up(prompts, attention_mask.bool())
+        drafts = torch.tensor([[70, 73], [71, 74], [72, 75]])
+        for column in range(2):
+            drafter.append(drafts[:, column : column + 1])
+        texts = [
+            torch.cat([prompt[mask.bool()], draft[:kept], torch.tensor([80])])[None]
+            for prompt, mask, draft, kept in zip(prompts, attention_mask, drafts, (2, 1, 0), strict=True)
+        ]
+        history, real = left_pad(texts)
+        logits = drafter.catch_up(history, real.bool())
+        expected_logits = torch.cat([llama(text).logits[:, -1] for text in texts])
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("draft", ["sampled", "copied", "none"])
+def test_the_acceptance_rule_keeps_the_target_distribution_whatever_the_drafts(draft):
+    """Sampling stays exact whether drafts are sampled from another distribution (assisted), fixed bytes (prompt
+    lookup) or absent (a row without a match): the first committed byte is distributed as the target p."""
+    torch.manual_seed(0)
+    rows = 20000
+    target = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    draft_distribution = {
+        "sampled": torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2]),
+        "copied": torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]),
+        "none": torch.zeros(5),
+    }[draft]
+    drafted = torch.multinomial(draft_distribution, rows, replacement=True) if draft != "none" else torch.zeros(rows)
+    accepted, following = speculative_acceptance(
+        target.expand(rows, 2, 5), drafted.long()[:, None], draft_distribution.expand(rows, 1, 5), do_sample=True
+    )
+    first = torch.where(accepted > 0, drafted.long(), following)
+    # Three standard deviations of a share estimated from 20000 draws are at most 0.011.
+    torch.testing.assert_close(torch.bincount(first, minlength=5) / rows, target, atol=0.011, rtol=0)
+    assert bool((accepted == 0).all()) if draft == "none" else bool((accepted == 1).any())
+
+
+def test_drafting_requests_that_cannot_be_honoured_are_refused_by_name(diffusion_model):
+    for kwargs, name in (
+        (dict(decoding="assisted"), "assistant_model"),
+        (dict(decoding="diffusion", assistant_model=diffusion_model), "assistant_model"),
+        (dict(prompt_lookup_num_tokens=4, assistant_model=diffusion_model), "prompt_lookup_num_tokens"),
+        (dict(assistant_model=tiny_llama(vocab_size=300)), "assistant_model"),
+        (dict(assistant_model=diffusion_model, num_assistant_tokens_schedule="heuristic"), "num_assistant_tokens"),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}"):
+            diffusion_model.generate(text_ids("Hi"), max_new_tokens=4, **kwargs)

@@ -27,8 +27,10 @@ from .strategies_blt_diffusion import (
     STRATEGY_OPTIONS,
     UNMASKING,
     UNMASKING_RULES,
+    AssistedDecoding,
     AutoregressiveDecoding,
     GenerationState,
+    PromptLookupDecoding,
     RowwiseLogitsProcessors,
     check_integer,
     check_real,
@@ -45,7 +47,7 @@ UNSUPPORTED_GENERATION_MODES = {
     GenerationMode.GROUP_BEAM_SEARCH: "num_beam_groups",
     GenerationMode.CONSTRAINED_BEAM_SEARCH: "constraints`, `force_words_ids",
     GenerationMode.CONTRASTIVE_SEARCH: "penalty_alpha",
-    GenerationMode.ASSISTED_GENERATION: "prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp",
+    GenerationMode.ASSISTED_GENERATION: "assistant_early_exit`, `use_mtp",
     GenerationMode.DOLA_GENERATION: "dola_layers",
 }
 
@@ -167,7 +169,10 @@ class BltDiffusionGenerationConfig(GenerationConfig):
     def _refuse_what_blt_decoding_cannot_honour(self, decoding: str) -> None:
         """Fields that ask for something no BLT strategy (or not `decoding`) does, which would otherwise be dropped."""
         mode = self.get_generation_mode()
-        if mode in UNSUPPORTED_GENERATION_MODES:
+        drafts_by_lookup = mode == GenerationMode.ASSISTED_GENERATION and not (
+            self.assistant_early_exit or self.use_mtp
+        )
+        if mode in UNSUPPORTED_GENERATION_MODES and not drafts_by_lookup:
             raise ValueError(
                 f"{mode.value} (`{UNSUPPORTED_GENERATION_MODES[mode]}`) is not supported by BLT decoding "
                 f"strategies; choose one with `decoding` ({sorted(DECODING_STRATEGIES)}), greedy or sampling."
@@ -311,6 +316,7 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         streamer=None,
         input_ids: torch.Tensor | None = None,
         tokenizer=None,
+        assistant_model=None,
         cache: BltDiffusionCache | None = None,
         **kwargs,
     ) -> BltDiffusionGenerateOutput | torch.LongTensor:
@@ -327,6 +333,9 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             stopping_criteria (`StoppingCriteriaList`, *optional*): added to max length, EOS and stop strings.
             streamer (`BaseStreamer`, *optional*): receives the prompt, then committed bytes, then `end()`.
             tokenizer (*optional*): needed for `stop_strings`.
+            assistant_model (`PreTrainedModel`, *optional*): a smaller causal LM over the same byte ids that drafts
+                bytes for this model to verify, as in transformers' assisted generation (`decoding="assisted"`, chosen
+                by passing it), here lossless in batches too.
             cache (`BltDiffusionCache`, *optional*): `output.cache` of an earlier generation (with
                 `return_dict_in_generate=True`) by this model, to continue it: pass the whole history as the prompt,
                 as in transformers (`past_key_values` is the older name); only the bytes the cache does not hold are
@@ -342,7 +351,12 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             raise ValueError("Pass the prompt as `inputs` or as `input_ids`, not both.")
         input_ids = inputs if inputs is not None else input_ids
         user_set_max_length = "max_length" in kwargs and "max_new_tokens" not in kwargs
+        decoding_named = "decoding" in kwargs or getattr(generation_config, "decoding", None) not in (
+            None,
+            AutoregressiveDecoding.name,
+        )
         generation_config, model_kwargs = self._resolve_generation_config(generation_config, kwargs)
+        self._select_drafting_strategy(generation_config, decoding_named, assistant_model)
         unexpected = set(model_kwargs) - _ACCEPTED_MODEL_KWARGS
         if unexpected:
             raise ValueError(f"`generate` got unexpected keyword arguments {sorted(unexpected)}.")
@@ -364,7 +378,9 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             raise ValueError(f"Streaming supports one prompt at a time, got a batch of {input_ids.shape[0]}.")
 
         state = GenerationState(input_ids, max_new_tokens, generation_config, criteria, streamer, attention_mask)
-        strategy = DECODING_STRATEGIES[generation_config.decoding](self, generation_config, processors)
+        strategy = DECODING_STRATEGIES[generation_config.decoding](
+            self, generation_config, processors, assistant_model
+        )
         if not state.done:
             # The strategy checks that it can run on this model before the streamer sees anything.
             strategy.check_model()
@@ -399,6 +415,34 @@ class BltDiffusionGenerationMixin(GenerationMixin):
             logits=state.raw_logits.steps(num_generated) if state.raw_logits is not None else None,
             cache=strategy.cache,
         )
+
+    @staticmethod
+    def _select_drafting_strategy(
+        generation_config: BltDiffusionGenerationConfig, decoding_named: bool, assistant_model
+    ) -> None:
+        """Draft as transformers users ask: with `assistant_model` (assisted decoding) or by prompt lookup
+        (`prompt_lookup_num_tokens`). A `decoding` that this call names (`decoding_named`) must then be that one."""
+        requests = {
+            AssistedDecoding.name: ("assistant_model", assistant_model is not None),
+            PromptLookupDecoding.name: (
+                "prompt_lookup_num_tokens",
+                generation_config.prompt_lookup_num_tokens is not None,
+            ),
+        }
+        requested = [(decoding, argument) for decoding, (argument, given) in requests.items() if given]
+        if len(requested) > 1:
+            raise ValueError(
+                "`assistant_model` and `prompt_lookup_num_tokens` ask for two ways of drafting; pass one."
+            )
+        if not requested:
+            return
+        decoding, argument = requested[0]
+        if decoding_named and generation_config.decoding != decoding:
+            raise ValueError(
+                f"`{argument}` drafts for decoding={decoding!r}, but decoding={generation_config.decoding!r}; pass "
+                "one of them."
+            )
+        generation_config.decoding = decoding
 
     def _rowwise_logits_processors(
         self,

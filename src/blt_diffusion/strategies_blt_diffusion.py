@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
@@ -119,6 +120,41 @@ ENTROPY_BOUND = StrategyOption(
     bounds=(0.0, math.inf),
 )
 DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
+# Transformers' assisted-generation fields: None stands for transformers' defaults, which `generate` fills in.
+NUM_ASSISTANT_TOKENS = StrategyOption(
+    "num_assistant_tokens",
+    int,
+    None,
+    "K",
+    "the most bytes the assistant model drafts per round",
+    default_help="20, as in transformers",
+)
+ASSISTANT_CONFIDENCE_THRESHOLD = StrategyOption(
+    "assistant_confidence_threshold",
+    float,
+    None,
+    "P",
+    "a row's draft ends after a byte the assistant model gives a probability below P (0: never)",
+    default_help="0.4, as in transformers",
+    bounds=(0.0, 1.0),
+)
+# Transformers' prompt-lookup fields: None leaves prompt lookup off unless `decoding="prompt_lookup"` asks for it.
+PROMPT_LOOKUP_NUM_TOKENS = StrategyOption(
+    "prompt_lookup_num_tokens",
+    int,
+    None,
+    "K",
+    "bytes copied per round from after an earlier occurrence of the text's last bytes",
+    default_help="16",
+)
+MAX_MATCHING_NGRAM_SIZE = StrategyOption(
+    "max_matching_ngram_size",
+    int,
+    None,
+    "N",
+    "the longest run of the text's last bytes looked up in the prompt and output",
+    default_help="32",
+)
 
 
 class UnmaskingRule:
@@ -445,6 +481,14 @@ class GenerationState:
         aligned = self.sequences.gather(1, columns.clamp(min=0))
         return aligned.masked_fill(columns < 0, self.pad_token_id)
 
+    def right_aligned_history(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`right_aligned()` and, (batch, longest) boolean, which of its slots hold a byte of the row's prompt or
+        output rather than padding."""
+        aligned = self.right_aligned()
+        real_lengths = self.prompt_length - self.prompt_padding + self.num_generated
+        columns = torch.arange(aligned.shape[1], device=aligned.device)
+        return aligned, columns >= aligned.shape[1] - real_lengths[:, None]
+
     def committed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every row's committed bytes, prompt included: `sequences` (batch, width) and, per row (batch,), the slot
         of its first byte (after the prompt's left padding) and one past its last."""
@@ -509,6 +553,43 @@ def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
     return distributions.argmax(dim=-1)
 
 
+def speculative_acceptance(
+    targets: torch.Tensor, drafted: torch.Tensor, draft_distributions: torch.Tensor, do_sample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The speculative acceptance rule (Leviathan et al., 2023): which drafted bytes stand, and the byte after them.
+
+    Byte i stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls
+    is replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
+    distribution after the last. Output bytes are then distributed exactly as drawing from the p_i one after the
+    other; greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one p would not
+    have chosen and then appends p's own. A position without a draft (q = 0) never stands, and its byte is drawn
+    from p itself.
+
+    Args:
+        targets (`torch.Tensor` of shape `(batch, n + 1, vocab)`): p_i, the distribution after the committed bytes
+            and the first i drafted ones.
+        drafted (`torch.Tensor` of shape `(batch, n)`): the drafted bytes d_i.
+        draft_distributions (`torch.Tensor` of shape `(batch, n, vocab)`): q_i, what each was drawn from.
+
+    Returns:
+        how many drafted bytes stand (batch,) and the byte that follows them (batch,).
+    """
+    target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
+    draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
+    ratio = target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)
+    acceptance = torch.where(draft_of_draft > 0, ratio.clamp(max=1), 0)
+    stands = torch.rand_like(acceptance) < acceptance
+    accepted = stands.long().cumprod(dim=1).sum(dim=1)
+
+    rows = torch.arange(drafted.shape[0], device=drafted.device)
+    target = targets[rows, accepted]
+    no_draft = draft_distributions.new_zeros(drafted.shape[0], 1, draft_distributions.shape[-1])
+    residual = (target - torch.cat([draft_distributions, no_draft], dim=1)[rows, accepted]).clamp(min=0)
+    # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
+    return accepted, draw(residual / residual.sum(dim=-1, keepdim=True), do_sample)
+
+
 def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
     """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
     return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
@@ -530,9 +611,10 @@ class DecodingStrategy:
     """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`, and describe
     themselves in class attributes, which the command line, the examples and the README's table read:
 
-    - `name`: the value of `decoding`; `paper_name`: what the paper calls it; `summary`: one line on how it works.
+    - `name`: the value of `decoding`; `paper_name`: what the paper calls it ("-" if it has no such strategy);
+      `summary`: one line on how it works.
     - `needs_diffusion_checkpoint`: whether it needs a model trained with the block-diffusion objective (BLT-D) or
-      runs on any BLT.
+      runs on any BLT; `needs_assistant_model`: whether it drafts with `generate`'s `assistant_model`.
     - `lossless`: whether its output is distributed exactly as autoregressive decoding's (byte for byte greedy).
     - `options`: the generation-config options it reads, with their defaults.
 
@@ -546,17 +628,24 @@ class DecodingStrategy:
     paper_name: ClassVar[str]
     summary: ClassVar[str]
     needs_diffusion_checkpoint: ClassVar[bool] = False
+    needs_assistant_model: ClassVar[bool] = False
     lossless: ClassVar[bool] = False
     options: ClassVar[tuple[StrategyOption, ...]] = ()
     # The rule of strategies that read `unmasking`, when the generation config names none.
     default_unmasking: ClassVar[str | None] = None
 
     def __init__(
-        self, model, generation_config: "BltDiffusionGenerationConfig", logits_processor: RowwiseLogitsProcessors
+        self,
+        model,
+        generation_config: "BltDiffusionGenerationConfig",
+        logits_processor: RowwiseLogitsProcessors,
+        assistant_model=None,
     ):
         self.model = model
         self.generation_config = generation_config
         self.logits_processor = logits_processor
+        # `generate`'s `assistant_model`, which only assisted decoding reads.
+        self.assistant_model = assistant_model
         self.cache = None
 
     @classmethod
@@ -841,15 +930,9 @@ class SpeculativeDecoding(DecodingStrategy):
     def verify(
         self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
     ) -> ProposedBytes:
-        """Speculative acceptance of drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab).
-
-        One forward over the draft gives the distribution p_i autoregressive decoding would draw byte i from. Byte i
-        stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls is
-        replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
-        distribution after the last. Output bytes are then distributed exactly as autoregressive sampling (Leviathan
-        et al., 2023); greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one the
-        model would not have chosen and then appends the model's own. A position without a draft (q = 0) never
-        stands, and its byte is drawn from p itself.
+        """Verify drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab) with one forward, which
+        gives the distribution autoregressive decoding would draw each byte from (`speculative_acceptance`). Greedy
+        output is then identical to autoregressive decoding, and sampled output distributed as autoregressive sampling.
 
         Returns the bytes offered per row (batch, n + 1), how many count (batch,), and the verifying scores and
         logits of each (batch, n + 1, vocab): what autoregressive decoding would have chosen every committed byte from.
@@ -858,23 +941,12 @@ class SpeculativeDecoding(DecodingStrategy):
         logits = self.verification_logits(state, drafted)
         scores = state.process_positions(self.logits_processor, logits, drafted)
         targets = drawing_distribution(scores, self.generation_config.do_sample)
-        target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
-        draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
-        ratio = target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)
-        acceptance = torch.where(draft_of_draft > 0, ratio.clamp(max=1), 0)
-        stands = torch.rand_like(acceptance) < acceptance
-        accepted = stands.long().cumprod(dim=1).sum(dim=1)
-
+        accepted, correction = speculative_acceptance(
+            targets, drafted, draft_distributions, self.generation_config.do_sample
+        )
         rows = torch.arange(drafted.shape[0], device=drafted.device)
-        target = targets[rows, accepted]
-        padded_drafts = torch.cat([draft_distributions, torch.zeros_like(draft_distributions[:, :1])], dim=1)
-        residual = (target - padded_drafts[rows, accepted]).clamp(min=0)
-        # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
-        residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
-        replacement = draw(residual / residual.sum(dim=-1, keepdim=True), self.generation_config.do_sample)
-
-        tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
-        tokens[rows, accepted] = replacement
+        tokens = torch.cat([drafted, correction[:, None]], dim=1)
+        tokens[rows, accepted] = correction
         running = state.unfinished.long()
         self.drafted += running * (draft_distributions.sum(dim=-1) > 0).sum(dim=1)
         self.accepted += running * accepted
@@ -946,6 +1018,247 @@ class SelfSpeculativeDecoding(SpeculativeDecoding):
         return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
 
 
+class PromptLookupDecoding(SpeculativeDecoding):
+    """Prompt lookup decoding (transformers' `prompt_lookup_num_tokens`), lossless and batched: each row drafts the
+    bytes that followed the latest earlier occurrence of its text's last bytes, in the prompt or in its output, and
+    one causal pass of the whole model verifies them as in BLT-S.
+
+    Drafting costs no model call: where the text copies earlier text (editing code, summarising or answering over a
+    document, repeated structure) whole runs of bytes are accepted per round; where it does not, a round without a
+    match is an autoregressive step. The match is the longest run, up to `max_matching_ngram_size` bytes, of the
+    text's last bytes found earlier (transformers tries the same sizes, longest first), its latest occurrence when
+    several are as long: recent text is the likelier one to be copied. Drafts are deterministic, so with `do_sample`
+    the acceptance rule keeps a drafted byte with the model's probability of it, and sampling stays exact.
+    """
+
+    name = "prompt_lookup"
+    paper_name = "-"
+    summary = "transformers' prompt lookup, batched: drafts copied from after an earlier occurrence of the last bytes"
+    options = (PROMPT_LOOKUP_NUM_TOKENS, MAX_MATCHING_NGRAM_SIZE)
+    default_draft_length = 16
+    default_max_matching_ngram_size = 32
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.prompt_lookup_num_tokens or self.default_draft_length
+
+    def max_matching_ngram_size(self) -> int:
+        return self.generation_config.max_matching_ngram_size or self.default_max_matching_ngram_size
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy up to `draft_length` bytes per row from after its best match; rows without one draft nothing."""
+        history, real = state.right_aligned_history()
+        match_ends, match_lengths = longest_latest_suffix_match(history, real, self.max_matching_ngram_size())
+        width = history.shape[1]
+        available = torch.where(match_lengths > 0, width - 1 - match_ends, 0)
+        lengths = torch.where(state.unfinished, available.clamp(max=draft_length), 0)
+        offsets = torch.arange(int(lengths.max()), device=history.device)
+        drafted = history.gather(1, (match_ends[:, None] + 1 + offsets).clamp(min=0, max=width - 1))
+        is_draft = offsets < lengths[:, None]
+        distributions = F.one_hot(drafted, self.model.config.vocab_size).float() * is_draft[..., None]
+        return drafted, distributions
+
+
+def longest_latest_suffix_match(
+    history: torch.Tensor, real: torch.Tensor, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the earlier position where the longest run (up to `max_length`) of the row's last bytes ends, the
+    latest one among equally long runs.
+
+    Args:
+        history (`torch.Tensor` of shape `(batch, width)`): byte ids, each row's last byte in the last column.
+        real (`torch.Tensor` of shape `(batch, width)`): which slots hold bytes of the row (the rest is padding).
+
+    Returns:
+        the column where the match ends (batch,), before the last one, and its length (batch,), 0 when the row's
+        last byte occurs nowhere earlier.
+    """
+    batch_size, width = history.shape
+    # Candidates: earlier slots holding the row's last byte. Their runs are measured backwards from there.
+    candidates = (history[:, :-1] == history[:, -1:]) & real[:, :-1]
+    rows, ends = candidates.nonzero(as_tuple=True)
+    back = torch.arange(max_length, device=history.device)
+    slots = ends[:, None] - back
+    suffix = history[rows[:, None], (width - 1 - back).clamp(min=0)]
+    inside = slots >= 0
+    same = (history[rows[:, None], slots.clamp(min=0)] == suffix) & real[rows[:, None], slots.clamp(min=0)] & inside
+    lengths = same.long().cumprod(dim=1).sum(dim=1)
+    # The longest run wins, then the latest end: one key orders both.
+    best = torch.full((batch_size,), -1, dtype=torch.long, device=history.device)
+    best = best.scatter_reduce(0, rows, lengths * width + ends, reduce="amax")
+    return best.clamp(min=0) % width, torch.where(best >= 0, best // width, 0)
+
+
+class AssistedDecoding(SpeculativeDecoding):
+    """Assisted generation (transformers' `assistant_model`), lossless and batched: a smaller model with the same byte
+    ids drafts up to `num_assistant_tokens` bytes per row, each after the one before (its own processed
+    distribution, greedy or sampled, so that sampling stays exact), and one causal pass of the whole model verifies
+    them as in BLT-S. A row's draft ends early after a byte the assistant gives a probability below
+    `assistant_confidence_threshold`, as transformers' assistant stops drafting.
+
+    The assistant keeps its own cache of the committed text (`AssistantDrafter`), brought up to date at the start of
+    every round. The cost fields count the main model's calls only.
+    """
+
+    name = "assisted"
+    paper_name = "-"
+    summary = "transformers' assisted generation, batched: a smaller model drafts bytes; the whole model verifies them"
+    needs_assistant_model = True
+    options = (NUM_ASSISTANT_TOKENS, ASSISTANT_CONFIDENCE_THRESHOLD)
+
+    def check_model(self) -> None:
+        """Refuse to run without an assistant, or with one whose vocabulary or schedule cannot be honoured."""
+        super().check_model()
+        if self.assistant_model is None:
+            raise ValueError(
+                f"decoding={self.name!r} drafts with `assistant_model`: pass a smaller causal LM with the same byte "
+                "ids (a BltDiffusionForCausalLM, or any transformers causal LM over these byte ids)."
+            )
+        vocab_size = self.assistant_model.config.get_text_config().vocab_size
+        if vocab_size != self.model.config.vocab_size:
+            raise ValueError(
+                f"`assistant_model` has a vocabulary of {vocab_size} ids, this model {self.model.config.vocab_size}: "
+                "its drafts would not be this model's bytes."
+            )
+        schedule = self.generation_config.num_assistant_tokens_schedule
+        if schedule != "constant":
+            # Transformers' heuristic schedules change the assistant's own generation config from call to call.
+            raise ValueError(f"`num_assistant_tokens_schedule` must be 'constant' here, got {schedule!r}.")
+
+    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+        super().start(state, input_ids, attention_mask, cache)
+        self.drafter = AssistantDrafter.for_model(self.assistant_model)
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.num_assistant_tokens
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft byte after byte with the assistant; a row stops after a byte below the confidence threshold."""
+        do_sample = self.generation_config.do_sample
+        threshold = self.generation_config.assistant_confidence_threshold or 0.0
+        logits = self.drafter.catch_up(*state.right_aligned_history())
+        drafted = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)
+        drafting = state.unfinished.clone()
+        distributions = []
+        for step in range(draft_length):
+            probabilities = state.process(self.logits_processor, logits, drafted).softmax(dim=-1)
+            token = draw(probabilities, do_sample)
+            drawn_from = probabilities if do_sample else F.one_hot(token, probabilities.shape[-1]).to(logits.dtype)
+            distributions.append(drawn_from * drafting[:, None])
+            drafted = torch.cat([drafted, token[:, None]], dim=1)
+            drafting &= probabilities.gather(1, token[:, None])[:, 0] >= threshold
+            if step == draft_length - 1 or not bool(drafting.any()):
+                break
+            logits = self.drafter.append(token[:, None])
+        return drafted, torch.stack(distributions, dim=1)
+
+
+class AssistantDrafter:
+    """An assistant model's view of the committed text, kept in its own cache from round to round.
+
+    `catch_up` reads what was committed since the last round and gives the assistant's next-byte logits; `append`
+    reads one drafted byte per row and gives the logits after it. Drafts that verification rejects are dropped at the
+    next `catch_up`, which keeps what the cache shares with the committed text (`reuse_cache`). This one drives a
+    `BltDiffusionForCausalLM` through its decoding interface.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.cache = None
+
+    @classmethod
+    def for_model(cls, model) -> "AssistantDrafter":
+        """The drafter for `model`: BLT models through their decoding interface, any other causal LM through its
+        forward and transformers' cache."""
+        return cls(model) if hasattr(model, "append_bytes") else CausalLMDrafter(model)
+
+    def catch_up(self, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Bring the assistant up to date with the committed text and return its next-byte logits (batch, vocab).
+
+        Args:
+            history (`torch.Tensor` of shape `(batch, width)`): committed bytes, each row's last in the last column.
+            real (`torch.Tensor` of shape `(batch, width)`): which slots hold bytes rather than padding.
+        """
+        device = history.device
+        history, attention_mask = history.to(self.model.device), real.long().to(self.model.device)
+        width = None if self.cache is None else reuse_cache(self.cache, history, attention_mask)
+        if width is None:
+            self.cache = self.model.new_cache(history.shape[0], history.shape[1], device=history.device)
+            logits = self.model.append_bytes(self.cache, history, attention_mask, last_only=True)
+        else:
+            logits = self.model.append_bytes(self.cache, history[:, -width:], last_only=True)
+        return logits.to(device)
+
+    def append(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Read drafted bytes (batch, 1); the assistant's logits after them (batch, vocab)."""
+        return self.model.append_bytes(self.cache, input_ids.to(self.model.device), last_only=True).to(
+            input_ids.device
+        )
+
+
+class CausalLMDrafter(AssistantDrafter):
+    """The drafter of any transformers causal LM over the same byte ids, through its forward and a `DynamicCache`.
+
+    Rows keep different numbers of drafted bytes, and a transformers cache crops every row alike, so the slots of
+    rejected drafts stay in the cache as holes that the attention mask hides (positions count the bytes before
+    only). When holes outnumber bytes, the committed text is read afresh. `slot_ids` and `slot_mask` (batch, slots)
+    say which byte each slot of the cache holds, and whether it still counts.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.slot_ids: torch.Tensor | None = None
+        self.slot_mask: torch.Tensor | None = None
+
+    def catch_up(self, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        device = history.device
+        history, real = history.to(self.model.device), real.to(self.model.device)
+        if self.cache is None or int((~self.slot_mask).sum()) > int(self.slot_mask.sum()):
+            self.cache, self.slot_ids, self.slot_mask = DynamicCache(), history[:, :0], real[:, :0]
+            return self.read(history, real).to(device)
+        lengths = real.sum(dim=1)
+        held = torch.minimum(self.held_prefix_lengths(history, lengths), lengths - 1)
+        # Slots past a row's held bytes become holes; the row's bytes after them are read now.
+        self.slot_mask &= self.slot_mask.cumsum(dim=1) <= held[:, None]
+        missing = lengths - held
+        width = int(missing.max())
+        new_bytes = torch.arange(width, device=history.device) >= width - missing[:, None]
+        return self.read(history[:, -width:], new_bytes).to(device)
+
+    def append(self, input_ids: torch.Tensor) -> torch.Tensor:
+        device = input_ids.device
+        input_ids = input_ids.to(self.model.device)
+        return self.read(input_ids, torch.ones_like(input_ids, dtype=torch.bool)).to(device)
+
+    def held_prefix_lengths(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per row, how many first bytes of its committed text (`history`, right-aligned, `lengths` bytes) the
+        cache's counted slots hold, in order (batch,)."""
+        held_lengths = self.slot_mask.sum(dim=1)
+        comparable = torch.minimum(held_lengths, lengths)
+        offsets = torch.arange(int(comparable.max()), device=history.device)
+        # The counted slots of every row, in order, moved to its front.
+        order = torch.sort((~self.slot_mask).long(), dim=1, stable=True).indices[:, : len(offsets)]
+        cached = self.slot_ids.gather(1, order)
+        given = history.gather(1, (history.shape[1] - lengths[:, None] + offsets).clamp(max=history.shape[1] - 1))
+        same = (cached == given) & (offsets < comparable[:, None])
+        return same.long().cumprod(dim=1).sum(dim=1)
+
+    def read(self, input_ids: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """Run the assistant on new slots `input_ids` (batch, new), of which `counted` (batch, new) hold bytes (the
+        rest are holes); its logits after the last slot (batch, vocab)."""
+        self.slot_ids = torch.cat([self.slot_ids, input_ids], dim=1)
+        self.slot_mask = torch.cat([self.slot_mask, counted], dim=1)
+        positions = (self.slot_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=self.slot_mask.long(),
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1].float()
+
+
 class DiffusionVerifiedDecoding(SpeculativeDecoding):
     """BLT-DV: a BLT-D block drafted by diffusion (`unmasking="one_step"` by default), verified as in BLT-S. Greedy
     output is identical to autoregressive decoding of the same model.
@@ -994,7 +1307,14 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
 # Autoregressive first, then by what each builds on: the order of the command line's option groups and the examples.
 DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
     strategy.name: strategy
-    for strategy in (AutoregressiveDecoding, SelfSpeculativeDecoding, DiffusionDecoding, DiffusionVerifiedDecoding)
+    for strategy in (
+        AutoregressiveDecoding,
+        SelfSpeculativeDecoding,
+        DiffusionDecoding,
+        DiffusionVerifiedDecoding,
+        PromptLookupDecoding,
+        AssistedDecoding,
+    )
 }
 # Every option some strategy reads, once each, in registry order.
 STRATEGY_OPTIONS: tuple[StrategyOption, ...] = tuple(
