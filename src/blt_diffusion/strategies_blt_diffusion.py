@@ -1027,8 +1027,11 @@ class PromptLookupDecoding(SpeculativeDecoding):
     document, repeated structure) whole runs of bytes are accepted per round; where it does not, a round without a
     match is an autoregressive step. The match is the longest run, up to `max_matching_ngram_size` bytes, of the
     text's last bytes found earlier (transformers tries the same sizes, longest first), its latest occurrence when
-    several are as long: recent text is the likelier one to be copied. Drafts are deterministic, so with `do_sample`
-    the acceptance rule keeps a drafted byte with the model's probability of it, and sampling stays exact.
+    several are as long: recent text is the likelier one to be copied. Unlike transformers' token-level lookup, a row
+    drafts at most as many bytes as its match is long (benchmarks/README.md: a byte-long match drafting
+    `prompt_lookup_num_tokens` bytes made decoding slower than autoregressive decoding). Drafts are deterministic,
+    so with `do_sample` the acceptance rule keeps a drafted byte with the model's probability of it, and sampling
+    stays exact.
     """
 
     name = "prompt_lookup"
@@ -1048,11 +1051,12 @@ class PromptLookupDecoding(SpeculativeDecoding):
         """Copy up to `draft_length` bytes per row from after its best match; rows without one draft nothing."""
         history, real = state.right_aligned_history()
         match_ends, match_lengths = longest_latest_suffix_match(history, real, self.max_matching_ngram_size())
-        width = history.shape[1]
-        available = torch.where(match_lengths > 0, width - 1 - match_ends, 0)
+        # A row drafts no more bytes than its match is long: a short match is weak evidence that the text copies,
+        # and a wrong draft widens the verifying forward for nothing.
+        available = torch.minimum(history.shape[1] - 1 - match_ends, match_lengths)
         lengths = torch.where(state.unfinished, available.clamp(max=draft_length), 0)
         offsets = torch.arange(int(lengths.max()), device=history.device)
-        drafted = history.gather(1, (match_ends[:, None] + 1 + offsets).clamp(min=0, max=width - 1))
+        drafted = history.gather(1, (match_ends[:, None] + 1 + offsets).clamp(max=history.shape[1] - 1))
         is_draft = offsets < lengths[:, None]
         distributions = F.one_hot(drafted, self.model.config.vocab_size).float() * is_draft[..., None]
         return drafted, distributions
