@@ -1,5 +1,6 @@
-"""Every `generate` output option with every strategy (issue 14): scores and logits per committed byte, continuing
-from the returned cache without re-encoding the history."""
+"""`generate` options beyond the basics (issue 14): scores and logits per committed byte with every strategy,
+continuing from the returned cache without re-reading the history, and prompt lookup and assisted decoding as
+lossless batched strategies."""
 
 import pytest
 import torch

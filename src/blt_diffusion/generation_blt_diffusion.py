@@ -93,6 +93,10 @@ class BltDiffusionGenerationConfig(GenerationConfig):
         Entropy budget of the `"entropy_bound"` rule.
     draft_length (`int`, *optional*, defaults to 8):
         Bytes drafted per round by self-speculative decoding.
+
+    Transformers' own fields choose and tune the other drafting strategies: `prompt_lookup_num_tokens` (prompt
+    lookup, with `max_matching_ngram_size`) and `num_assistant_tokens` / `assistant_confidence_threshold` (assisted
+    decoding, chosen by `generate`'s `assistant_model`).
     """
 
     def __init__(
@@ -341,7 +345,8 @@ class BltDiffusionGenerationMixin(GenerationMixin):
                 as in transformers (`past_key_values` is the older name); only the bytes the cache does not hold are
                 read, and the cache is updated in place. Any strategy continues from any strategy's cache.
             kwargs: generation-config fields (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
-                `repetition_penalty`, `decoding`, ...) and `attention_mask`.
+                `repetition_penalty`, `decoding`, `prompt_lookup_num_tokens`, which chooses
+                `decoding="prompt_lookup"`, ...) and `attention_mask`.
 
         Returns:
             `torch.LongTensor` of shape `(batch, prompt + new)`, or a [`BltDiffusionGenerateOutput`] with

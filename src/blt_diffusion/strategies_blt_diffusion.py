@@ -34,6 +34,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 if TYPE_CHECKING:
+    from .cache_blt_diffusion import BltDiffusionCache
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
 
 
@@ -300,10 +301,10 @@ class RowwiseLogitsProcessors:
         return self.rows[row]
 
 
-def reuse_cache(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int | None:
-    """Crop `cache` (a `BltDiffusionCache`) so that every row appends the same number of its prompt's last bytes, as
-    few as the bytes it shares with the prompts allow, and return that number; None, leaving the cache as it is, when
-    some prompt is shorter than that (reading the prompts afresh is then the only way).
+def reuse_cache(cache: "BltDiffusionCache", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int | None:
+    """Crop `cache` so that every row appends the same number of its prompt's last bytes, as few as the bytes it
+    shares with the prompts allow, and return that number; None, leaving the cache as it is, when some prompt is
+    shorter than that (reading the prompts afresh is then the only way).
 
     Args:
         input_ids (`torch.Tensor` of shape `(batch, prompt)`): prompts, left-padded under `attention_mask`.
@@ -670,13 +671,19 @@ class DecodingStrategy:
                 "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
             )
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         """Read the prompts (batch, prompt), left-padded under `attention_mask`, into `self.cache`: a new cache, or
         `cache`, a `BltDiffusionCache` from an earlier generation, for the bytes it shares with them (`open_cache`)."""
         raise NotImplementedError
 
     def open_cache(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, capacity: int
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: "BltDiffusionCache | None", capacity: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Set `self.cache` to decode after the prompts `input_ids` (batch, prompt), left-padded under
         `attention_mask`, and return the prompt bytes it does not hold yet (batch, new) and their attention mask.
@@ -739,7 +746,13 @@ class AutoregressiveDecoding(DecodingStrategy):
     # The reference that lossless strategies reproduce.
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         capacity = input_ids.shape[1] + state.max_new_tokens
         new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
         self.next_logits = self.model.append_bytes(self.cache, new_ids, new_mask, last_only=True)
@@ -841,7 +854,13 @@ class DiffusionDecoding(DecodingStrategy):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = ConfidenceUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         self.denoiser = BlockDenoiser(self)
         capacity = input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size
         new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
@@ -873,7 +892,13 @@ class SpeculativeDecoding(DecodingStrategy):
 
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         batch_size = input_ids.shape[0]
         capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
         self.next_logits = self.append(*self.open_cache(input_ids, attention_mask, cache, capacity))
@@ -1128,7 +1153,13 @@ class AssistedDecoding(SpeculativeDecoding):
             # Transformers' heuristic schedules change the assistant's own generation config from call to call.
             raise ValueError(f"`num_assistant_tokens_schedule` must be 'constant' here, got {schedule!r}.")
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         super().start(state, input_ids, attention_mask, cache)
         self.drafter = AssistantDrafter.for_model(self.assistant_model)
 
@@ -1279,7 +1310,13 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = OneStepUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         self.denoiser = BlockDenoiser(self)
         unmasking = self.denoiser.rule.name
         if self.generation_config.do_sample and unmasking != OneStepUnmasking.name:
