@@ -222,7 +222,10 @@ def invalid_utf8_file(tmp_path: Path) -> str:
         (lambda tmp: ["--model", str(tmp)], "cannot load a model from"),
         (lambda tmp: ["--model", str(not_blt_dir(tmp))], "its model type is 'llama', not 'blt' or 'blt_diffusion'"),
         (lambda tmp: ["--model", str(weightless_dir(tmp))], "cannot load a model from"),
-        (lambda tmp: ["--decoding", "telepathy"], "unknown decoding strategy 'telepathy'; valid: autoregressive"),
+        (
+            lambda tmp: ["--decoding", "telepathy"],
+            "unknown decoding strategy 'telepathy'; valid: assisted, autoregressive",
+        ),
         (lambda tmp: ["--unmasking", "gradual"], "unknown unmasking rule 'gradual'; valid: confidence, entropy_bound"),
         (lambda tmp: ["--prompt-file", str(tmp / "missing.txt")], "prompt file not found"),
         (lambda tmp: ["--prompt-file", invalid_utf8_file(tmp)], "is not valid UTF-8 (byte offset 3)"),
