@@ -3,9 +3,10 @@
     python examples/generate.py --model runs/blt-d16
     python examples/generate.py --model runs/blt-d16 --prompt "def fibonacci(n):" --max-new-tokens 128
 
-Greedy BLT-S and BLT-DV write exactly the autoregressive text with fewer decoder calls; BLT-D writes several bytes
-per decoder call and may write different text. The two diffusion strategies need a BLT-D checkpoint
-(`config.diffusion_block_size > 0`) and are skipped for a plain BLT. Costs are those of `generate`'s output:
+Greedy BLT-S, BLT-DV, prompt lookup and assisted decoding write exactly the autoregressive text with fewer decoder
+calls; BLT-D writes several bytes per decoder call and may write different text. The two diffusion strategies need a
+BLT-D checkpoint (`config.diffusion_block_size > 0`) and are skipped for a plain BLT; assisted decoding needs a
+smaller model to draft (`--assistant-model`) and is skipped without one. Costs are those of `generate`'s output:
 decoder calls, encoder+global calls and the paper's estimated memory bandwidth (README, "How it works").
 """
 
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(DEFAULT_MODEL_DIR),
         help="checkpoint directory, ours or a stock BltForCausalLM's (default: the shipped model)",
     )
+    parser.add_argument(
+        "--assistant-model", help="a smaller checkpoint that drafts for assisted decoding (default: none, skipped)"
+    )
     parser.add_argument("--prompt", default="import os\n\n\ndef ", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="bytes to generate")
     return parser.parse_args(argv)
@@ -36,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model = BltDiffusionForCausalLM.from_pretrained(args.model).eval()
+    assistant = None if args.assistant_model is None else BltDiffusionForCausalLM.from_pretrained(args.assistant_model)
     tokenizer = BltDiffusionTokenizer()
     inputs = tokenizer(args.prompt, return_tensors="pt")
     prompt_length = inputs.input_ids.shape[1]
@@ -47,11 +52,18 @@ def main(argv: list[str] | None = None) -> None:
         if not DECODING_STRATEGIES[decoding].runs_on(model.config):
             print(f"--- {decoding}: skipped, the model is not a BLT-D model\n")
             continue
+        drafter = {}
+        if DECODING_STRATEGIES[decoding].needs_assistant_model:
+            if assistant is None:
+                print(f"--- {decoding}: skipped, no --assistant-model\n")
+                continue
+            drafter = {"assistant_model": assistant.eval()}
         start = time.perf_counter()
         output = model.generate(
             **inputs,
             decoding=decoding,
             **options,
+            **drafter,
             max_new_tokens=args.max_new_tokens,
             do_sample=False,
             return_dict_in_generate=True,

@@ -23,6 +23,7 @@ from transformers import BltForCausalLM  # noqa: E402
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM  # noqa: E402
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config  # noqa: E402
+from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES  # noqa: E402
 
 # Tiny models gain nothing from threads, and oversubscribed threads are very slow on a busy 2-core machine.
 torch.set_num_threads(1)
@@ -63,6 +64,13 @@ def source_text(length: int, offset: int = 0) -> str:
 def spread_prompts(count: int) -> list[torch.Tensor]:
     """`count` prompts (1, len) of 7 to 46 bytes of real text, from places spread over a source file."""
     return [text_ids(source_text(6 + (index * 7) % 40, index * 97)) for index in range(count)]
+
+
+def strategy_arguments(decoding: str, model) -> dict:
+    """`generate` arguments that decode with `decoding` on `model`: assisted decoding drafts with the model itself."""
+    strategy = DECODING_STRATEGIES.get(decoding)
+    assistant = {"assistant_model": model} if strategy is not None and strategy.needs_assistant_model else {}
+    return {"decoding": decoding} | assistant
 
 
 def generate_new_bytes(model, rows: list[torch.Tensor], new_bytes: int = 256, **kwargs):

@@ -232,7 +232,10 @@ def invalid_utf8_file(tmp_path: Path) -> str:
         (lambda tmp: ["--model", str(tmp)], "cannot load a model from"),
         (lambda tmp: ["--model", str(not_blt_dir(tmp))], "its model type is 'llama', not 'blt' or 'blt_diffusion'"),
         (lambda tmp: ["--model", str(weightless_dir(tmp))], "cannot load a model from"),
-        (lambda tmp: ["--decoding", "telepathy"], "unknown decoding strategy 'telepathy'; valid: autoregressive"),
+        (
+            lambda tmp: ["--decoding", "telepathy"],
+            "unknown decoding strategy 'telepathy'; valid: assisted, autoregressive",
+        ),
         (lambda tmp: ["--unmasking", "gradual"], "unknown unmasking rule 'gradual'; valid: confidence, entropy_bound"),
         (lambda tmp: ["--prompt-file", str(tmp / "missing.txt")], "prompt file not found"),
         (lambda tmp: ["--prompt-file", invalid_utf8_file(tmp)], "is not valid UTF-8 (byte offset 3)"),
@@ -935,3 +938,14 @@ def test_console_script_is_installed():
     assert completed.returncode == 0, completed.stderr
     assert "prompt followed by the generated text" in " ".join(completed.stdout.split())
     assert "autoregressive" in completed.stdout
+
+
+def test_drafting_options_imply_their_strategy_and_print_the_autoregressive_text(capsys, diffusion_dir):
+    argv = ["generate", PROMPT, "--model", str(diffusion_dir), "--max-new-tokens", "16"]
+    status, expected, _ = run(capsys, *argv)
+    assert status == 0
+    for drafting in (["--prompt-lookup-num-tokens", "4"], ["--assistant-model", str(diffusion_dir)]):
+        assert run(capsys, *argv, *drafting)[:2] == (0, expected)
+
+    status, out, err = run(capsys, *argv, "--decoding", "assisted")
+    assert status == 2 and err.strip().splitlines()[-1].endswith("--decoding assisted needs --assistant-model PATH")

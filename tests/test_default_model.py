@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import left_pad, text_ids
+from conftest import left_pad, strategy_arguments, text_ids
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -77,7 +77,8 @@ def test_every_decoding_strategy_generates(default_model, decoding):
     tokenizer = BltDiffusionTokenizer()
     batch, mask = left_pad([text_ids(prompt) for prompt in PROMPTS])
     kwargs = dict(attention_mask=mask, max_new_tokens=NEW_BYTES, min_new_tokens=NEW_BYTES, do_sample=False)
-    output = default_model.generate(batch, decoding=decoding, return_dict_in_generate=True, **kwargs)
+    arguments = strategy_arguments(decoding, default_model)
+    output = default_model.generate(batch, return_dict_in_generate=True, **arguments, **kwargs)
     new_bytes = output.sequences[:, batch.shape[1] :]
     assert new_bytes.shape == (len(PROMPTS), NEW_BYTES)
     # A trained byte model writes whole UTF-8 characters (a random one writes broken sequences, shown as U+FFFD).
@@ -85,7 +86,7 @@ def test_every_decoding_strategy_generates(default_model, decoding):
     if decoding == "diffusion":
         assert output.global_nfe.tolist() == [NEW_BYTES // 8] * len(PROMPTS)
         assert bool((output.decoder_nfe <= NEW_BYTES).all())
-    if decoding in ("self_speculative", "diffusion_verified"):
+    if DECODING_STRATEGIES[decoding].lossless and decoding != "autoregressive":
         assert torch.equal(output.sequences, default_model.generate(batch, **kwargs))
 
 

@@ -62,21 +62,24 @@ def cost_table(out: str, num_strategies: int) -> dict[str, dict[str, str]]:
 
 def test_generate_example_runs_every_strategy_and_reports_its_cost(capsys, diffusion_dir, diffusion_model):
     prompt = "def add(a, b):"
-    generate_example.main(["--model", str(diffusion_dir), "--prompt", prompt, "--max-new-tokens", "24"])
+    # The model drafts for itself in assisted decoding.
+    arguments = ["--model", str(diffusion_dir), "--assistant-model", str(diffusion_dir), "--prompt", prompt]
+    generate_example.main([*arguments, "--max-new-tokens", "24"])
 
     out = capsys.readouterr().out
     expected = prompt + greedy_continuation(diffusion_model, prompt, 24)
-    # Greedy BLT-S and BLT-DV are lossless: they write the autoregressive text.
-    for decoding in ("autoregressive", "self_speculative", "diffusion_verified"):
+    # The speculative strategies are lossless: greedy, they write the autoregressive text.
+    lossless = [name for name, strategy in DECODING_STRATEGIES.items() if strategy.lossless]
+    for decoding in lossless:
         assert f"--- {decoding}\n{expected}\n\n" in out
     assert f"--- diffusion\n{prompt}" in out
-    table = cost_table(out, 4)
+    table = cost_table(out, len(DECODING_STRATEGIES))
     assert list(table) == list(DECODING_STRATEGIES)
     for decoding, row in table.items():
         assert int(row["bytes"]) == 24
         assert int(row["decoder_nfe"]) >= int(row["global_nfe"]) > 0
         assert float(row["memory_bandwidth_gb"]) > 0
-        speculative = decoding in ("self_speculative", "diffusion_verified")
+        speculative = decoding in lossless and decoding != "autoregressive"
         assert (row["acceptance_rate"] != "-") == speculative
     assert int(table["autoregressive"]["decoder_nfe"]) == 24
     assert int(table["diffusion"]["global_nfe"]) == 24 // diffusion_model.config.diffusion_block_size
@@ -86,8 +89,9 @@ def test_generate_example_skips_diffusion_strategies_for_a_plain_blt(capsys, pla
     generate_example.main(["--model", str(plain_dir), "--max-new-tokens", "8"])
 
     out = capsys.readouterr().out
-    assert list(cost_table(out, 2)) == ["autoregressive", "self_speculative"]
+    assert list(cost_table(out, 3)) == ["autoregressive", "self_speculative", "prompt_lookup"]
     assert "--- diffusion: skipped" in out and "--- diffusion_verified: skipped" in out
+    assert "--- assisted: skipped, no --assistant-model" in out
 
 
 # --- evaluate_humaneval.py

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BOS, EOS, PAD, left_pad, source_text, text_ids
+from conftest import BOS, EOS, PAD, left_pad, source_text, strategy_arguments, text_ids
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 from blt_diffusion import BltDiffusionGenerateOutput, BltDiffusionGenerationConfig, BltDiffusionTokenizer
@@ -303,6 +303,10 @@ def test_every_strategy_option_is_a_generation_config_field_with_the_option_defa
         "confidence_threshold",
         "entropy_bound",
         "draft_length",
+        "prompt_lookup_num_tokens",
+        "max_matching_ngram_size",
+        "num_assistant_tokens",
+        "assistant_confidence_threshold",
     }
 
 
@@ -325,7 +329,7 @@ def test_num_return_sequences_gives_that_many_sampled_rows_per_prompt(diffusion_
     output = diffusion_model.generate(
         batch,
         attention_mask=mask,
-        decoding=decoding,
+        **strategy_arguments(decoding, diffusion_model),
         do_sample=True,
         temperature=2.0,
         num_return_sequences=3,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import left_pad
+from conftest import left_pad, strategy_arguments
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +18,9 @@ BLOCK_SIZE = 8
 MAX_NEW_TOKENS = 10
 DIFFUSION_STRATEGIES = ("diffusion", "diffusion_verified")
 # The lossless strategies besides the autoregressive reference.
-SPECULATIVE = ("self_speculative", "diffusion_verified")
+SPECULATIVE = tuple(name for name, strategy in DECODING_STRATEGIES.items() if strategy.lossless)[1:]
+# What asks for a drafting strategy, which the autoregressive reference must leave out.
+DRAFTING_ARGUMENTS = ("assistant_model", "prompt_lookup_num_tokens")
 
 # Wrong values, (argument, value); `input_ids` stands for the prompt passed as a Python list.
 INVALID_ARGUMENTS = [
@@ -31,6 +33,10 @@ INVALID_ARGUMENTS = [
     ("block_size", 0),
     ("draft_length", 0),
     ("draft_length", None),
+    ("prompt_lookup_num_tokens", 0),
+    ("max_matching_ngram_size", 1.5),
+    ("num_assistant_tokens", 0),
+    ("assistant_confidence_threshold", math.nan),
     ("confidence_threshold", math.nan),
     ("confidence_threshold", 1.5),
     ("entropy_bound", math.nan),
@@ -93,6 +99,23 @@ def generate_arguments(draw, decoding: str, do_sample: bool) -> dict:
     )
     if decoding == "self_speculative":
         arguments["draft_length"] = draw(st.integers(1, BLOCK_SIZE))
+    if decoding == "prompt_lookup":
+        arguments |= draw(
+            st.fixed_dictionaries(
+                {},
+                optional={"prompt_lookup_num_tokens": st.integers(1, 8), "max_matching_ngram_size": st.integers(1, 8)},
+            )
+        )
+    if decoding == "assisted":
+        arguments |= draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_assistant_tokens": st.integers(1, 8),
+                    "assistant_confidence_threshold": st.floats(0, 1),
+                },
+            )
+        )
     if decoding in DIFFUSION_STRATEGIES:
         # Speculative sampling needs one-step drafts (refused otherwise: `test_speculative.py`).
         one_step_only = decoding == "diffusion_verified" and do_sample
@@ -107,7 +130,9 @@ def generate_arguments(draw, decoding: str, do_sample: bool) -> dict:
 
 
 def generate(model, rows: list[list[int]], **arguments) -> torch.Tensor:
+    """Generate after `rows`, left-padded; assisted decoding drafts with the model itself."""
     input_ids, attention_mask = left_pad([torch.tensor([row]) for row in rows])
+    arguments = strategy_arguments(arguments["decoding"], model) | arguments
     return model.generate(input_ids, attention_mask=attention_mask, **arguments)
 
 
@@ -125,7 +150,8 @@ def test_valid_arguments_keep_the_invariants(diffusion_model, decoding, do_sampl
     assert sequences.shape[1] - prompt_length <= arguments["max_new_tokens"]
     assert int(sequences.min()) >= 0 and int(sequences.max()) < VOCAB_SIZE
     if decoding in SPECULATIVE and not do_sample:
-        autoregressive = generate(diffusion_model, rows, **arguments | {"decoding": "autoregressive"})
+        reference = {name: value for name, value in arguments.items() if name not in DRAFTING_ARGUMENTS}
+        autoregressive = generate(diffusion_model, rows, **reference | {"decoding": "autoregressive"})
         assert torch.equal(sequences, autoregressive)
 
 
@@ -135,7 +161,8 @@ def test_an_invalid_argument_is_refused_by_name(diffusion_model, name, value, ro
     arguments = data.draw(generate_arguments(decoding, do_sample or name in SAMPLING_ARGUMENTS))
     if name == "input_ids":
         with pytest.raises(TypeError, match="`input_ids`"):
-            diffusion_model.generate(left_pad([torch.tensor([row]) for row in rows])[0].tolist(), **arguments)
+            prompt = left_pad([torch.tensor([row]) for row in rows])[0].tolist()
+            diffusion_model.generate(prompt, **strategy_arguments(decoding, diffusion_model) | arguments)
         return
     with pytest.raises((TypeError, ValueError)) as error:
         generate(diffusion_model, rows, **arguments | {name: value})

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import BOS, EOS, PAD, left_pad, spread_prompts, text_ids
+from conftest import BOS, EOS, PAD, left_pad, spread_prompts, strategy_arguments, text_ids
 from transformers import LogitsProcessor, SynthIDTextWatermarkingConfig, WatermarkingConfig
 
 from blt_diffusion.strategies_blt_diffusion import DECODING_STRATEGIES
@@ -96,7 +96,7 @@ def test_sampling_warpers_and_repeated_prompts_work_on_ragged_batches(diffusion_
     output = generate(
         diffusion_model,
         ragged_batch,
-        decoding=decoding,
+        **strategy_arguments(decoding, diffusion_model),
         do_sample=True,
         num_return_sequences=2,
         temperature=0.9,
@@ -136,7 +136,8 @@ def test_diffusion_processes_each_cell_as_the_byte_at_its_position(diffusion_mod
         (dict(num_beams=2), "num_beams"),
         (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha"),
         (dict(dola_layers="low"), "dola_layers"),
-        (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
+        (dict(assistant_early_exit=2), "assistant_early_exit"),
+        (dict(decoding="self_speculative", prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
         (
             dict(
                 decoding="self_speculative",

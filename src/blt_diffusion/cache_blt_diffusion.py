@@ -486,5 +486,30 @@ class BltDiffusionCache:
         pending = self.newest_decoding_is_provisional(newest_closes_patch)
         self.decoder.crop(new_ends - pending.long())
 
+    def held_prefix_lengths(self, token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Per row, how many first bytes of `token_ids[r, starts[r]:ends[r]]` this cache holds: the length of the
+        longest common prefix of those bytes and the row's cached ones (batch,).
+
+        Args:
+            token_ids (`torch.Tensor` of shape `(batch, n)`): byte ids, each row's bytes between its start and end.
+            starts, ends (`torch.Tensor` of shape `(batch,)`).
+        """
+        comparable = torch.minimum(self.lengths(), ends - starts)
+        offsets = torch.arange(max(int(comparable.max()), 0), device=token_ids.device)
+        cached = self.token_ids.gather(1, (self.starts[:, None] + offsets).clamp(max=self.token_ids.shape[1] - 1))
+        given = token_ids.gather(1, (starts[:, None] + offsets).clamp(max=token_ids.shape[1] - 1))
+        same = (cached == given) & (offsets < comparable[:, None])
+        return same.long().cumprod(dim=1).sum(dim=1)
+
+    def layout(self) -> tuple:
+        """What a cache's model decides, batch and capacity aside: layers, heads and widths of every buffer. Two
+        caches with different layouts belong to different models."""
+        stacks = [self.patcher, self.encoder, self.decoder, self.global_transformer]
+        stack_layouts = tuple(
+            None if stack is None else (len(stack.keys), *stack.keys[0].shape[1::2]) for stack in stacks
+        )
+        latent_layout = tuple(keys.shape[2:] for keys, _ in self.latent_keys_values)
+        return stack_layouts, latent_layout, self.encoder_states.shape[2], self.encoder_states.dtype
+
 
 __all__ = ["BltDiffusionCache", "RightToLeftPadding"]

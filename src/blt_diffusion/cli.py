@@ -34,7 +34,14 @@ from .generation_blt_diffusion import DEFAULT_MAX_NEW_TOKENS, BltDiffusionGenera
 from .hub import NotLoggedInError, push_directory
 from .modelcard_blt_diffusion import Provenance, write_model_card
 from .modeling_blt_diffusion import BltDiffusionForCausalLM
-from .strategies_blt_diffusion import DECODING_STRATEGIES, STRATEGY_OPTIONS, UNMASKING_RULES, StrategyOption
+from .strategies_blt_diffusion import (
+    DECODING_STRATEGIES,
+    STRATEGY_OPTIONS,
+    UNMASKING_RULES,
+    AssistedDecoding,
+    PromptLookupDecoding,
+    StrategyOption,
+)
 from .tokenization_blt_diffusion import BltDiffusionTokenizer
 from .training.recipe import FINE_TUNING_SCHEDULE, TRAINING_DEFAULTS, TrainingRecipe, lower_bounds, training_arguments
 
@@ -177,6 +184,11 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "model of this package or a stock BLT)",
     )
     add_strategy_options(generate)
+    generate.add_argument(
+        "--assistant-model",
+        metavar="PATH",
+        help="a smaller checkpoint that drafts bytes for the model to verify: --decoding assisted, which it implies",
+    )
     sampling = generate.add_mutually_exclusive_group()
     sampling.add_argument(
         "--do-sample",
@@ -395,7 +407,8 @@ def run_generate(args: argparse.Namespace) -> int:
     # Stderr carries only what was asked for (`--stats`, errors), not transformers' weight-loading bar.
     hf_logging.disable_progress_bar()
     model = load_default_model() if args.model is None else load_checkpoint(args.model).model
-    decoding = args.decoding or model.generation_config.decoding
+    assistant = None if args.assistant_model is None else load_checkpoint(args.assistant_model).model
+    decoding = args.decoding or implied_decoding(args) or model.generation_config.decoding
     check_decoding(args, decoding, model)
     tokenizer = BltDiffusionTokenizer()
     if args.seed is not None:
@@ -405,7 +418,13 @@ def run_generate(args: argparse.Namespace) -> int:
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
     start = time.perf_counter()
     try:
-        output = model.generate(**inputs, **generation_kwargs(args), streamer=streamer, return_dict_in_generate=True)
+        output = model.generate(
+            **inputs,
+            **generation_kwargs(args),
+            assistant_model=assistant,
+            streamer=streamer,
+            return_dict_in_generate=True,
+        )
     except ValueError as error:
         raise CliError(one_line(error)) from error
     seconds = time.perf_counter() - start
@@ -446,6 +465,15 @@ def add_strategy_options(generate: argparse.ArgumentParser) -> None:
             )
 
 
+def implied_decoding(args: argparse.Namespace) -> str | None:
+    """The strategy that drafting options ask for without --decoding, as `generate`'s arguments do."""
+    if args.assistant_model is not None:
+        return AssistedDecoding.name
+    if args.prompt_lookup_num_tokens is not None:
+        return PromptLookupDecoding.name
+    return None
+
+
 def check_decoding(args: argparse.Namespace, decoding: str, model: BltDiffusionForCausalLM) -> None:
     """Reject options of another decoding strategy, which `generate` would silently ignore, and a strategy that the
     model cannot run, with one line naming the option."""
@@ -455,6 +483,13 @@ def check_decoding(args: argparse.Namespace, decoding: str, model: BltDiffusionF
             raise CliError(
                 f"only --decoding {' or '.join(readers)} uses {', '.join(given)} (decoding here: {decoding})"
             )
+    needs_assistant = DECODING_STRATEGIES[decoding].needs_assistant_model
+    if needs_assistant != (args.assistant_model is not None):
+        raise CliError(
+            f"--decoding {decoding} needs --assistant-model PATH"
+            if needs_assistant
+            else f"only --decoding {AssistedDecoding.name} uses --assistant-model (decoding here: {decoding})"
+        )
     if not DECODING_STRATEGIES[decoding].runs_on(model.config):
         raise CliError(
             f"this model was not trained for --decoding {decoding} (its diffusion_block_size is 0): use --decoding "
