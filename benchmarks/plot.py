@@ -70,13 +70,26 @@ def save(figure: plt.Figure, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def label_heights(points: list[tuple[float, float]], gap: float) -> list[float]:
+    """Heights for the labels of `points` (x, y): each at its point's height, moved down where it would overprint the
+    label of a higher point at nearly the same x (settings that agree alike with AR sit in one column)."""
+    heights = [y for _, y in points]
+    from_top = sorted(range(len(points)), key=lambda index: -points[index][1])
+    for rank, index in enumerate(from_top):
+        for higher in from_top[:rank]:
+            if abs(points[higher][0] - points[index][0]) < 5:
+                heights[index] = min(heights[index], heights[higher] - gap)
+    return heights
+
+
 def plot_speed_vs_agreement(benchmark: DecodingBenchmark, path: Path) -> None:
     """(a) bytes/s against chrF with the autoregressive continuation, one labelled point per setting."""
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    for result in benchmark.results:
-        axes.scatter(result.chrf, result.bytes_per_second, color=FAMILY_COLOURS[family(result.label)], zorder=3)
-        point = (result.chrf, result.bytes_per_second)
-        axes.annotate(result.label, point, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    points = [(result.chrf, result.bytes_per_second) for result in benchmark.results]
+    heights = label_heights(points, gap=0.045 * max(speed for _, speed in points))
+    for result, point, height in zip(benchmark.results, points, heights, strict=True):
+        axes.scatter(*point, color=FAMILY_COLOURS[family(result.label)], zorder=3)
+        axes.annotate(result.label, point, xytext=(point[0] + 1.5, height), fontsize=7, va="center")
     autoregressive = benchmark.results[0]
     axes.axhline(autoregressive.bytes_per_second, color="grey", linestyle="--", linewidth=0.8)
     axes.set_xlabel("agreement with autoregressive decoding (chrF of the greedy continuations)")
