@@ -121,29 +121,34 @@ def decode_bytes(ids: list[int]) -> str:
     return bytes(token - 4 for token in ids if token >= 4).decode("utf-8", errors="replace")
 
 
+def run_setting(model, prompts: torch.Tensor, setting: Setting, new_bytes: int) -> None:
+    """Generate `new_bytes` bytes greedily after each row of `prompts` (batch, prompt bytes) in one `generate` call,
+    adding the time and every row's costs and continuation to `setting`'s."""
+    start = time.perf_counter()
+    output = model.generate(
+        prompts,
+        max_new_tokens=new_bytes,
+        min_new_tokens=new_bytes,
+        do_sample=False,
+        return_dict_in_generate=True,
+        **setting.generate_kwargs,
+    )
+    setting.seconds += time.perf_counter() - start
+    for continuation in output.sequences[:, prompts.shape[1] :].tolist():
+        setting.continuations.append(continuation)
+        setting.new_bytes += len(continuation)
+    setting.decoder_calls += int(output.decoder_nfe.sum())
+    setting.global_calls += int(output.global_nfe.sum())
+    setting.bandwidth_gb += float(output.memory_bandwidth_gb.sum())
+    if output.acceptance_rate is not None:
+        setting.accepted_share.extend(output.acceptance_rate.tolist())
+
+
 def run_settings(model, prompts: torch.Tensor, settings: list[Setting], new_bytes: int) -> None:
     """Generate from every prompt with every setting, interleaved, accumulating each setting's costs."""
     for prompt_index, prompt in enumerate(prompts):
-        prompt = prompt[None]
         for setting in settings:
-            start = time.perf_counter()
-            output = model.generate(
-                prompt,
-                max_new_tokens=new_bytes,
-                min_new_tokens=new_bytes,
-                do_sample=False,
-                return_dict_in_generate=True,
-                **setting.generate_kwargs,
-            )
-            setting.seconds += time.perf_counter() - start
-            continuation = output.sequences[0, prompt.shape[1] :].tolist()
-            setting.continuations.append(continuation)
-            setting.new_bytes += len(continuation)
-            setting.decoder_calls += int(output.decoder_nfe[0])
-            setting.global_calls += int(output.global_nfe[0])
-            setting.bandwidth_gb += float(output.memory_bandwidth_gb[0])
-            if output.acceptance_rate is not None:
-                setting.accepted_share.append(float(output.acceptance_rate[0]))
+            run_setting(model, prompt[None], setting, new_bytes)
         print(f"prompt {prompt_index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
 
 
