@@ -1,4 +1,5 @@
-"""The multi-level cache of incremental BLT decoding, and the attention contexts that read and write it.
+"""The multi-level cache of incremental BLT decoding, the attention contexts that read and write it, and the
+left-padded layout of the rows it holds (`RightToLeftPadding` moves right-padded rows into it).
 
 `BltDiffusionCache` keeps, for every level of the model, what appending more bytes needs: key/value buffers of the
 patcher, local encoder, global transformer and local decoder, and the byte-level bookkeeping of the open patch. It
@@ -243,6 +244,42 @@ def build_query_attention_context(
     )
 
 
+@dataclass
+class RightToLeftPadding:
+    """Rows that end in padding, each rolled right past its trailing padding so that all its padding comes first
+    (left padding, the layout the model and its cache read), and the means to roll outputs back.
+
+    `shifts` (batch,): the columns each row moves right, its count of trailing padding.
+    """
+
+    shifts: torch.Tensor
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor | None) -> "RightToLeftPadding | None":
+        """The shift that left-aligns `attention_mask` (batch, seq), or None when no row ends in padding."""
+        if attention_mask is None or bool(attention_mask[:, -1].bool().all()):
+            return None
+        trailing_padding = (attention_mask.bool().flip(1).long().cumsum(dim=1) == 0).sum(dim=1)
+        return cls(shifts=trailing_padding)
+
+    def apply(self, tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Roll each row of `tensor` (batch first) right by its shift along `dim`, which spans the sequence."""
+        return self._roll(tensor, dim, self.shifts)
+
+    def undo(self, tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Roll each row of `tensor` back left along `dim`: the inverse of `apply`."""
+        return self._roll(tensor, dim, -self.shifts)
+
+    @staticmethod
+    def _roll(tensor: torch.Tensor, dim: int, shifts: torch.Tensor) -> torch.Tensor:
+        length = tensor.shape[dim]
+        # Column c of a row takes the row's column c - shift.
+        sources = (torch.arange(length, device=tensor.device) - shifts[:, None]) % length
+        shape = [tensor.shape[0]] + [1] * (tensor.dim() - 1)
+        shape[dim] = length
+        return tensor.gather(dim, sources.view(shape).expand_as(tensor))
+
+
 def num_cross_attention_layers(config) -> int:
     """One cross-attention before every layer with `cross_attn_all_layers`, else one before the first."""
     return config.num_hidden_layers if config.cross_attn_all_layers else 1
@@ -449,5 +486,30 @@ class BltDiffusionCache:
         pending = self.newest_decoding_is_provisional(newest_closes_patch)
         self.decoder.crop(new_ends - pending.long())
 
+    def held_prefix_lengths(self, token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Per row, how many first bytes of `token_ids[r, starts[r]:ends[r]]` this cache holds: the length of the
+        longest common prefix of those bytes and the row's cached ones (batch,).
 
-__all__ = ["BltDiffusionCache"]
+        Args:
+            token_ids (`torch.Tensor` of shape `(batch, n)`): byte ids, each row's bytes between its start and end.
+            starts, ends (`torch.Tensor` of shape `(batch,)`).
+        """
+        comparable = torch.minimum(self.lengths(), ends - starts)
+        offsets = torch.arange(max(int(comparable.max()), 0), device=token_ids.device)
+        cached = self.token_ids.gather(1, (self.starts[:, None] + offsets).clamp(max=self.token_ids.shape[1] - 1))
+        given = token_ids.gather(1, (starts[:, None] + offsets).clamp(max=token_ids.shape[1] - 1))
+        same = (cached == given) & (offsets < comparable[:, None])
+        return same.long().cumprod(dim=1).sum(dim=1)
+
+    def layout(self) -> tuple:
+        """What a cache's model decides, batch and capacity aside: layers, heads and widths of every buffer. Two
+        caches with different layouts belong to different models."""
+        stacks = [self.patcher, self.encoder, self.decoder, self.global_transformer]
+        stack_layouts = tuple(
+            None if stack is None else (len(stack.keys), *stack.keys[0].shape[1::2]) for stack in stacks
+        )
+        latent_layout = tuple(keys.shape[2:] for keys, _ in self.latent_keys_values)
+        return stack_layouts, latent_layout, self.encoder_states.shape[2], self.encoder_states.dtype
+
+
+__all__ = ["BltDiffusionCache", "RightToLeftPadding"]

@@ -18,6 +18,9 @@ A byte's patch boundary depends only on bytes up to it, so appending never chang
 
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,9 +30,10 @@ from huggingface_hub import ModelCard
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import AttentionInterface, PreTrainedModel, slice_logits_to_keep
+from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .block_diffusion_blt_diffusion import (
@@ -44,6 +48,7 @@ from .cache_blt_diffusion import (
     AttentionContext,
     BltDiffusionCache,
     KeyValueBuffer,
+    RightToLeftPadding,
     build_attention_context,
     build_query_attention_context,
     num_cross_attention_layers,
@@ -70,6 +75,10 @@ HASH_PRIMES = (
 NEW_PARAMETERS = re.compile(r"(^|\.)diffusion_(embed_tokens|mask_embedding)\.")
 # How many weight names an error about a checkpoint lists.
 LISTED_WEIGHTS = 3
+# The transformer stacks, by the attribute name of their module, in the order a forward call runs them.
+STACKS = ("patcher", "local_encoder", "global_transformer", "local_decoder")
+
+logger = logging.get_logger(__name__)
 
 
 class BltDiffusionRMSNorm(nn.Module):
@@ -147,14 +156,103 @@ def apply_rotary_pos_emb(
     return rotate(query), rotate(key)
 
 
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * groups, seq, head_dim), each key/value head repeated for
+    the `groups` query heads that share it."""
+    if groups == 1:
+        return states
+    batch_size, num_kv_heads, seq_len, head_dim = states.shape
+    expanded = states[:, :, None].expand(batch_size, num_kv_heads, groups, seq_len, head_dim)
+    return expanded.reshape(batch_size, num_kv_heads * groups, seq_len, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in plain PyTorch operations, which also returns its weights (`attn_implementation="eager"`).
+
+    Takes what every attention function of this model takes, `sdpa`'s inputs: `query` (batch, heads, queries,
+    head_dim), `key` and `value` (batch, kv_heads, keys, head_dim) and a boolean `attention_mask` (batch, 1, queries,
+    keys), True where a query may attend, or None for all.
+
+    Returns:
+        the output (batch, queries, heads, head_dim) and the weights after softmax (batch, heads, queries, keys).
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`attn_implementation="sdpa"`: torch's `scaled_dot_product_attention` on the inputs of
+    `eager_attention_forward`, grouped key/value heads read in place. transformers' version adapts to every model
+    and device in Python, which a single-byte decoding step would pay in every layer of every stack.
+
+    Returns:
+        the output (batch, queries, heads, head_dim) and no weights.
+    """
+    attn_output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        enable_gqa=module.num_key_value_groups > 1,
+    )
+    return attn_output.transpose(1, 2), None
+
+
+AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+# transformers' registry of attention functions with `sdpa` overridden for this model only, as `AttentionInterface`
+# provides (and as transformers' Doge model does, under the same name): functions registered with
+# `AttentionInterface.register` under other names work here too.
+ALL_ATTENTION_FUNCTIONS = AttentionInterface()
+ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_attention_forward
+
+
+def attention_function(config) -> AttentionFunction:
+    """The attention function that `config._attn_implementation` names (`"eager"`: this model's own), looked up once
+    per stack call: reading a config attribute costs a microsecond, too much to spend in every layer of a
+    single-byte decoding step."""
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+
+
 class BltDiffusionSelfAttention(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.head_dim = config.hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
         self.layer_idx = layer_idx
+        # Every mask is explicit (None means no query is masked), so attention functions must not add causality.
+        self.is_causal = False
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
@@ -165,9 +263,10 @@ class BltDiffusionSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         rotations: torch.Tensor,
         context: AttentionContext,
-    ) -> torch.Tensor:
-        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden); `rotations` from the stack's rotary
-        embedding."""
+        attention_interface: AttentionFunction,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`hidden_states` (batch, new, hidden) -> (batch, new, hidden) and the attention weights (batch, heads, new,
+        keys) when `attention_interface` gives them; `rotations` from the stack's rotary embedding."""
         batch_size, num_new, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch_size, num_new, self.num_heads, self.head_dim)
         key = self.k_proj(hidden_states).view(batch_size, num_new, -1, self.head_dim)
@@ -175,25 +274,21 @@ class BltDiffusionSelfAttention(nn.Module):
         query, key = apply_rotary_pos_emb(query, key, rotations)
         query, key = query.transpose(1, 2), key.transpose(1, 2)
         key, value = context.keys_values(self.layer_idx, key, value)
+        dropout = self.dropout if self.training else 0.0
         if context.block_layout is not None:
-            group = self.num_heads // self.num_key_value_heads
+            # Block-diffusion training attends in parts that no dense attention function computes.
             attn_output = block_diffusion_attention(
                 query,
-                key.repeat_interleave(group, dim=1),
-                value.repeat_interleave(group, dim=1),
+                repeat_kv(key, self.num_key_value_groups),
+                repeat_kv(value, self.num_key_value_groups),
                 context.block_layout,
-                self.dropout if self.training else 0.0,
+                dropout,
             )
-            return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
-        attn_output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=context.mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_key_value_heads != self.num_heads,
+            return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1)), None
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, context.mask, dropout=dropout, scaling=self.scaling
         )
-        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_new, -1))
+        return self.o_proj(attn_output.reshape(batch_size, num_new, -1)), attn_weights
 
 
 class BltDiffusionCrossAttention(nn.Module):
@@ -203,8 +298,11 @@ class BltDiffusionCrossAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.head_dim = config.hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
+        self.is_causal = False
         self.q_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.k_norm = BltDiffusionRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
@@ -226,22 +324,29 @@ class BltDiffusionCrossAttention(nn.Module):
         return key, value
 
     def finish(self, hidden_states: torch.Tensor, attn_output: torch.Tensor) -> torch.Tensor:
-        """attn_output (batch, heads, queries, head_dim) -> output projection plus the internal residual."""
-        batch_size, _, num_queries, _ = attn_output.shape
-        return self.o_proj(attn_output.transpose(1, 2).reshape(batch_size, num_queries, -1)) + hidden_states
+        """attn_output (batch, queries, heads, head_dim) -> output projection plus the internal residual."""
+        batch_size, num_queries, _, _ = attn_output.shape
+        return self.o_proj(attn_output.reshape(batch_size, num_queries, -1)) + hidden_states
 
-    def forward(self, hidden_states: torch.Tensor, key_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_states: torch.Tensor,
+        mask: torch.Tensor,
+        attention_interface: AttentionFunction,
+    ) -> torch.Tensor:
         """Dense form, patches reading bytes: `hidden_states` (batch, queries, hidden), `key_states` (batch, keys,
         hidden), `mask` (batch, 1, queries, keys) boolean."""
         query = self.project_queries(hidden_states)
         key, value = self.project_keys_values(key_states)
-        attn_output = F.scaled_dot_product_attention(
+        attn_output, _ = attention_interface(
+            self,
             query,
             key.transpose(1, 2),
             value.transpose(1, 2),
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_key_value_heads != self.num_heads,
+            mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
         )
         return self.finish(hidden_states, attn_output)
 
@@ -258,7 +363,7 @@ class BltDiffusionCrossAttention(nn.Module):
         scores = (query.unsqueeze(3) * keys).sum(dim=-1) * self.head_dim**-0.5
         weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), self.dropout, self.training)
         attn_output = (weights.unsqueeze(-1) * values).sum(dim=3)
-        return self.finish(hidden_states, attn_output)
+        return self.finish(hidden_states, attn_output.transpose(1, 2))
 
 
 class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
@@ -274,9 +379,14 @@ class BltDiffusionTransformerLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         rotations: torch.Tensor,
         context: AttentionContext,
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotations, context)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        attention_interface: AttentionFunction,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, new, hidden) -> (batch, new, hidden) and the self-attention weights, if any."""
+        attn_output, attn_weights = self.self_attn(
+            self.input_layernorm(hidden_states), rotations, context, attention_interface
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), attn_weights
 
 
 def transformer_layers(config) -> nn.ModuleList:
@@ -287,15 +397,68 @@ def cross_attention_layers(config) -> nn.ModuleList:
     return nn.ModuleList(BltDiffusionCrossAttention(config) for _ in range(num_cross_attention_layers(config)))
 
 
+class LayerOutputs:
+    """The per-layer outputs that one `BltDiffusionModel.forward` call collects, by stack (`STACKS`).
+
+    A stack's hidden states are the input of its first layer, then the output of each layer, as transformers records
+    them for `output_hidden_states`; its attentions are the self-attention weights of each layer that the attention
+    function returns, for `output_attentions`. The stacks look the active collector (`collecting`) up once per call,
+    so a forward that asks for neither, like every decoding step, records nothing.
+    """
+
+    def __init__(self, hidden_states: bool, attentions: bool):
+        self.record_hidden_states = hidden_states
+        self.record_attentions = attentions
+        self.hidden_states: dict[str, list[torch.Tensor]] = {stack: [] for stack in STACKS}
+        self.attentions: dict[str, list[torch.Tensor]] = {stack: [] for stack in STACKS}
+
+    @contextmanager
+    def collecting(self) -> Iterator["LayerOutputs"]:
+        """Make this the collector of the stacks that run in the block, if it records anything."""
+        token = ACTIVE_LAYER_OUTPUTS.set(self) if self.record_hidden_states or self.record_attentions else None
+        try:
+            yield self
+        finally:
+            if token is not None:
+                ACTIVE_LAYER_OUTPUTS.reset(token)
+
+    def add(
+        self,
+        stack: str,
+        layer_input: torch.Tensor,
+        layer_output: torch.Tensor,
+        attn_weights: torch.Tensor | None,
+    ) -> None:
+        """Record one layer of `stack`: its input (kept for the stack's first layer only), output and weights."""
+        if self.record_hidden_states:
+            states = self.hidden_states[stack]
+            if not states:
+                states.append(layer_input)
+            states.append(layer_output)
+        if self.record_attentions and attn_weights is not None:
+            self.attentions[stack].append(attn_weights)
+
+
+# The collector of the `BltDiffusionModel.forward` call running in this thread or task, if it records anything.
+ACTIVE_LAYER_OUTPUTS: ContextVar[LayerOutputs | None] = ContextVar("blt_diffusion_layer_outputs", default=None)
+
+
 def run_layers(
+    stack: str,
     layers: nn.ModuleList,
     rotary_emb: BltDiffusionRotaryEmbedding,
     hidden_states: torch.Tensor,
     context: AttentionContext,
+    attention_interface: AttentionFunction,
 ) -> torch.Tensor:
+    """Run the transformer layers of `stack` (a name in `STACKS`) on `hidden_states` (batch, new, hidden)."""
     rotations = rotary_emb(hidden_states, context.position_ids)
+    collector = ACTIVE_LAYER_OUTPUTS.get()
     for layer in layers:
-        hidden_states = layer(hidden_states, rotations, context)
+        layer_input = hidden_states
+        hidden_states, attn_weights = layer(hidden_states, rotations, context, attention_interface)
+        if collector is not None:
+            collector.add(stack, layer_input, hidden_states, attn_weights)
     return hidden_states
 
 
@@ -324,7 +487,14 @@ class BltDiffusionPatcher(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         """`input_ids` (batch, new) -> entropy in nats of the byte following each position (batch, new)."""
-        hidden_states = run_layers(self.layers, self.rotary_emb, self.embed_tokens(input_ids), context)
+        hidden_states = run_layers(
+            "patcher",
+            self.layers,
+            self.rotary_emb,
+            self.embed_tokens(input_ids),
+            context,
+            attention_function(self.config),
+        )
         return categorical_entropy(self.lm_head(self.norm(hidden_states)))
 
 
@@ -343,7 +513,9 @@ class BltDiffusionLocalEncoder(nn.Module):
     def forward(self, embeddings: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         """Byte embeddings (batch, new, hidden) -> byte hidden states (batch, new, hidden)."""
         hidden_states = F.dropout(embeddings, p=self.config.dropout, training=self.training)
-        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+        return run_layers(
+            "local_encoder", self.layers, self.rotary_emb, hidden_states, context, attention_function(self.config)
+        )
 
     def pool_patches(
         self, byte_states: torch.Tensor, byte_patch_index: torch.Tensor, num_patches: int
@@ -371,7 +543,9 @@ class BltDiffusionLocalEncoder(nn.Module):
         mask |= ~mask.any(dim=-1, keepdim=True)
         # Stock BLT runs a cross-attention per encoder layer but re-pools before each, so only the last one counts.
         cross_attention = self.cross_attn_layers[-1]
-        patch_queries = patch_queries + cross_attention(patch_queries, byte_states, mask[:, None])
+        patch_queries = patch_queries + cross_attention(
+            patch_queries, byte_states, mask[:, None], attention_function(self.config)
+        )
         return patch_queries.reshape(batch_size, num_patches, splits * hidden_size)
 
 
@@ -392,7 +566,14 @@ class BltDiffusionGlobalTransformer(nn.Module):
         """Patch latents (batch, new_patches, encoder_hidden * k) -> global states (batch, new_patches, hidden)."""
         hidden_states = self.token_embedding_projection(patch_embeddings)
         hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
-        return run_layers(self.layers, self.rotary_emb, hidden_states, context)
+        return run_layers(
+            "global_transformer",
+            self.layers,
+            self.rotary_emb,
+            hidden_states,
+            context,
+            attention_function(self.config),
+        )
 
 
 class BltDiffusionLocalDecoder(nn.Module):
@@ -435,6 +616,8 @@ class BltDiffusionLocalDecoder(nn.Module):
             `torch.Tensor` of shape `(batch, new, hidden)`, normalised, ready for the LM head.
         """
         rotations = self.rotary_emb(byte_states, context.position_ids)
+        attention_interface = attention_function(self.config)
+        collector = ACTIVE_LAYER_OUTPUTS.get()
         hidden_states = F.dropout(byte_states, p=self.config.dropout, training=self.training)
         for layer_idx, layer in enumerate(self.layers):
             if layer_idx < len(self.cross_attn_layers):
@@ -442,7 +625,10 @@ class BltDiffusionLocalDecoder(nn.Module):
                 hidden_states = hidden_states + self.cross_attn_layers[layer_idx].forward_gathered(
                     hidden_states, keys, values
                 )
-            hidden_states = layer(hidden_states, rotations, context)
+            layer_input = hidden_states
+            hidden_states, attn_weights = layer(hidden_states, rotations, context, attention_interface)
+            if collector is not None:
+                collector.add("local_decoder", layer_input, hidden_states, attn_weights)
         return self.norm(hidden_states)
 
 
@@ -646,8 +832,95 @@ class BltDiffusionPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BltDiffusionTransformerLayer", "BltDiffusionCrossAttention"]
+    # As stock BLT: `attn_implementation` "sdpa" (the default) or "eager", or a function registered with
+    # transformers' `AttentionInterface` that reads what `sdpa` reads (a boolean mask).
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.(original_)?inv_freq"]
+
+    def __init__(self, config: BltDiffusionConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        self._share_attn_implementation()
+
+    def _share_attn_implementation(self) -> None:
+        """The stacks read their sub-config's attention implementation (see `attention_function`); transformers sets
+        only the model config's when it builds a model, so a sub-config left unset takes it."""
+        for name in self.config.sub_configs:
+            sub_config = getattr(self.config, name)
+            if sub_config._attn_implementation is None:
+                sub_config._attn_implementation_internal = self.config._attn_implementation
+
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False) -> None:
+        """transformers' `set_attn_implementation`. The stacks are not sub-models but read their sub-configs, which
+        transformers sets with a warning that it found no sub-model to check them with: an implementation named for
+        the whole model is checked here and set on them first, which leaves nothing to warn about."""
+        if isinstance(attn_implementation, str):
+            checked = self._check_and_adjust_attn_implementation(
+                attn_implementation, is_init_check=False, allow_all_kernels=allow_all_kernels
+            )
+            for name in self.config.sub_configs:
+                getattr(self.config, name)._attn_implementation_internal = checked
+        super().set_attn_implementation(attn_implementation, allow_all_kernels)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' choice of attention implementation, refusing paged attention: it needs transformers'
+        paged cache, which BLT's multi-level cache is not."""
+        if isinstance(requested_attention, str) and requested_attention.startswith("paged|"):
+            raise ValueError(
+                f"`attn_implementation={requested_attention!r}` needs transformers' paged cache, which BLT models do "
+                'not use; choose "sdpa" or "eager".'
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def validate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """Reject byte ids and masks the model cannot read with a message that names the problem."""
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"`input_ids` must hold integer byte ids, got dtype {input_ids.dtype}.")
+        if input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"`input_ids` contains id {bad}, outside the model's vocabulary [0, {self.config.vocab_size})."
+                )
+        if attention_mask is None:
+            return
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
+                f"{tuple(input_ids.shape)}; they must match."
+            )
+        mask = attention_mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("Every row of `attention_mask` needs at least one 1 (a row without tokens).")
+        # Rows must be one contiguous run of tokens, with padding on the left, the right or both.
+        starts_run = mask[:, 1:] & ~mask[:, :-1]
+        if bool((starts_run.sum(dim=1) + mask[:, 0].long() > 1).any()):
+            raise ValueError("`attention_mask` has holes: each row must be padding, then tokens, then padding.")
+
+    def validate_forward_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        cache: BltDiffusionCache | None,
+    ) -> None:
+        """`validate_inputs` for a forward call, which also needs ids (not embeddings) and padding only in the first
+        call on a cache."""
+        if inputs_embeds is not None:
+            raise ValueError(
+                "BLT needs byte ids (its hash n-gram embeddings are computed from them): pass `input_ids`."
+            )
+        if input_ids is None:
+            raise ValueError("`input_ids` is required.")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
+        self.validate_inputs(input_ids, attention_mask)
+        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+        if has_padding and cache is not None and not cache.is_empty():
+            raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -917,6 +1190,42 @@ class BltDiffusionBlockDecodingMixin:
         return states[:, -block_size:]
 
 
+@dataclass
+class BltDiffusionModelOutput(BaseModelOutputWithPast):
+    """
+    Output of [`BltDiffusionModel`]: transformers' `BaseModelOutputWithPast`, whose `hidden_states` and `attentions`
+    are the local decoder's, plus those of the other stacks.
+
+    BLT has four transformer stacks. The local decoder is the one whose states the LM head reads, over the same bytes
+    as the input; its states are `hidden_states` and `attentions`, as stock `BltModel` returns them when it has no
+    entropy patcher (with one, stock puts the patcher's first: an accident of its output hooks). Each stack's
+    `*_hidden_states` are the input of its first layer, then the output of each layer; its `*_attentions` are each
+    layer's self-attention weights, given only by an attention function that computes them
+    (`attn_implementation="eager"`). A stack that did not run in the call (the global transformer when no patch
+    closed, a patcher the model lacks) gives an empty tuple.
+
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, seq, decoder_hidden)`): the local decoder's normalised
+        states, one per input byte.
+    cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used.
+    hidden_states (`tuple[torch.FloatTensor]`, *optional*): with `output_hidden_states`, the local decoder's, each
+        `(batch, seq, decoder_hidden)`: the input of its first layer (after that layer's cross-attention), then the
+        output of each layer, the last replaced by `last_hidden_state`, as transformers does.
+    attentions (`tuple[torch.FloatTensor]`, *optional*): with `output_attentions`, the local decoder's, each
+        `(batch, heads, seq, keys)`. Without a cache the keys are the input bytes; with one, the cache slots read.
+    patcher_hidden_states, patcher_attentions (*optional*): the same for the entropy patcher, over the input bytes.
+    local_encoder_hidden_states, local_encoder_attentions (*optional*): the same for the local encoder.
+    global_hidden_states, global_attentions (*optional*): the same for the global transformer, over the patches that
+        the input bytes closed, `(batch, patches, global_hidden)` and `(batch, heads, patches, patch_keys)`.
+    """
+
+    patcher_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    patcher_attentions: tuple[torch.FloatTensor, ...] | None = None
+    local_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    local_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    global_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    global_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
 class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedModel):
     def __init__(self, config: BltDiffusionConfig):
         # The config validated itself when built, but `from_pretrained` sets its overrides afterwards.
@@ -1014,7 +1323,127 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             new_patches=ends_patch.sum(dim=1),
         )
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: BltDiffusionCache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BltDiffusionModelOutput:
+        r"""
+        Append `input_ids` to `cache` (or to an empty sequence) and decode them.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `cache`, the bytes
+                that follow what the cache holds.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding, before or after each
+                row's bytes; padding only in the first call on a cache. Rows are read left-padded: a row that ends in
+                padding is moved right before it is read and its outputs are moved back, so every row gives the
+                outputs it gives alone. A cache keeps the rows left-padded, and a later call continues each row after
+                its last byte.
+            cache (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one. Formerly
+                `past_key_values`, still accepted until transformers 5.40 as for every transformers model.
+            output_attentions (`bool`, *optional*): return every stack's self-attention weights (see
+                [`BltDiffusionModelOutput`]); defaults to `config.output_attentions`.
+            output_hidden_states (`bool`, *optional*): return every stack's hidden states; defaults to
+                `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): False returns `to_tuple()` of the output; defaults to
+                `config.return_dict`.
+        """
+        self.validate_forward_inputs(input_ids, attention_mask, inputs_embeds, cache)
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if not isinstance(output_hidden_states, bool):
+            # transformers also takes indices here, to keep only some states, which this model does not select.
+            raise ValueError(f"`output_hidden_states` must be True or False, got {output_hidden_states!r}.")
+        # Any integer dtype of ids is accepted; embeddings and caches take int64.
+        input_ids = input_ids.long()
+        if cache is None and use_cache:
+            batch_size, num_new = input_ids.shape
+            cache = BltDiffusionCache(self.config, batch_size, num_new, self.dtype, input_ids.device)
+        right_padding = RightToLeftPadding.of(attention_mask)
+        if right_padding is not None:
+            input_ids, attention_mask = right_padding.apply(input_ids), right_padding.apply(attention_mask)
+        collector = LayerOutputs(
+            hidden_states=output_hidden_states,
+            attentions=self.config.output_attentions if output_attentions is None else output_attentions,
+        )
+        with collector.collecting():
+            last_hidden_state = self.append_bytes(input_ids, cache, attention_mask)
+        output = self._model_output(last_hidden_state, cache, collector)
+        return output if right_padding is None else self._undo_right_padding(output, right_padding)
+
+    @staticmethod
+    def _undo_right_padding(
+        output: BltDiffusionModelOutput, right_padding: RightToLeftPadding
+    ) -> BltDiffusionModelOutput:
+        """`output` of left-aligned rows with every byte-level field rolled back to the rows' own layout; the global
+        transformer's fields are per patch and stay as they are."""
+
+        def states(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+            return None if tensors is None else tuple(right_padding.undo(tensor, dim=1) for tensor in tensors)
+
+        def weights(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+            # (batch, heads, queries, keys): on a first call, queries and keys are both the rows' bytes.
+            if tensors is None:
+                return None
+            return tuple(right_padding.undo(right_padding.undo(tensor, dim=2), dim=3) for tensor in tensors)
+
+        return replace(
+            output,
+            last_hidden_state=right_padding.undo(output.last_hidden_state, dim=1),
+            hidden_states=states(output.hidden_states),
+            attentions=weights(output.attentions),
+            patcher_hidden_states=states(output.patcher_hidden_states),
+            patcher_attentions=weights(output.patcher_attentions),
+            local_encoder_hidden_states=states(output.local_encoder_hidden_states),
+            local_encoder_attentions=weights(output.local_encoder_attentions),
+        )
+
+    def _model_output(
+        self, last_hidden_state: torch.Tensor, cache: BltDiffusionCache | None, collector: LayerOutputs
+    ) -> BltDiffusionModelOutput:
+        """The output of a forward call from what its stacks recorded (see [`BltDiffusionModelOutput`])."""
+        # The decoder may also have re-read the byte before the new ones (see `_decode`): keep the new bytes' rows.
+        num_new = last_hidden_state.shape[1]
+        if collector.record_attentions and not collector.attentions["local_decoder"]:
+            logger.warning_once(
+                f"`output_attentions=True`, but attention implementation {self.config._attn_implementation!r} "
+                'returns no attention weights: the attentions are empty. Use `attn_implementation="eager"`.'
+            )
+
+        def hidden_states(stack: str) -> tuple[torch.Tensor, ...] | None:
+            return tuple(collector.hidden_states[stack]) if collector.record_hidden_states else None
+
+        def attentions(stack: str) -> tuple[torch.Tensor, ...] | None:
+            return tuple(collector.attentions[stack]) if collector.record_attentions else None
+
+        decoder_states = hidden_states("local_decoder")
+        if decoder_states is not None:
+            decoder_states = tuple(states[:, -num_new:] for states in decoder_states[:-1]) + (last_hidden_state,)
+        decoder_attentions = attentions("local_decoder")
+        if decoder_attentions is not None:
+            decoder_attentions = tuple(weights[:, :, -num_new:] for weights in decoder_attentions)
+        return BltDiffusionModelOutput(
+            last_hidden_state=last_hidden_state,
+            cache=cache,
+            hidden_states=decoder_states,
+            attentions=decoder_attentions,
+            patcher_hidden_states=hidden_states("patcher"),
+            patcher_attentions=attentions("patcher"),
+            local_encoder_hidden_states=hidden_states("local_encoder"),
+            local_encoder_attentions=attentions("local_encoder"),
+            global_hidden_states=hidden_states("global_transformer"),
+            global_attentions=attentions("global_transformer"),
+        )
+
+    def append_bytes(
         self,
         input_ids: torch.Tensor,
         cache: BltDiffusionCache | None = None,
@@ -1022,14 +1451,15 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         stepwise: bool = False,
         with_open_patch: bool = False,
     ) -> torch.Tensor:
-        """Append `input_ids` to `cache` (or to an empty sequence) and decode them.
+        """Decoding interface: append `input_ids` to `cache` (or to an empty sequence) and decode them, with no
+        checks and no outputs but the states, as every decoding step does.
 
         Args:
-            input_ids (`torch.Tensor` of shape `(batch, new)`): byte ids. Without a cache, a whole (left-padded)
+            input_ids (`torch.Tensor` of shape `(batch, new)`): int64 byte ids. Without a cache, a whole (left-padded)
                 sequence; with one, the bytes that follow what the cache holds.
             cache (`BltDiffusionCache`, *optional*): updated in place.
-            attention_mask (`torch.Tensor` of shape `(batch, new)`, *optional*): 0 for left padding; only allowed
-                on an empty cache.
+            attention_mask (`torch.Tensor` of shape `(batch, new)`, *optional*): 0 for left padding; only on an
+                empty cache.
             stepwise (`bool`, *optional*): with a cache, give every new byte the output that appending the bytes one
                 at a time would give, as verifying a draft needs. It differs from a full forward only with
                 `max_patch_length`, at bytes that close a patch (see `BltDiffusionCache`).
@@ -1050,8 +1480,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         keep_patch_keys: bool = False,
     ) -> EncodedBytes:
         """Everything but the local decoder: patcher, segmentation, encoder, and the global transformer on every
-        patch the new bytes close. Arguments as in `forward`; the cache's byte-level buffers (except the decoder's)
-        and patch buffers are updated in place.
+        patch the new bytes close. Arguments as in `append_bytes`; the cache's byte-level buffers (except the
+        decoder's) and patch buffers are updated in place.
 
         `with_open_patch` (with a cache) also gives the open patch a provisional latent, as block decoding needs:
         see `decode_block`. `keep_patch_keys` (without a cache) keeps the global transformer's keys and values in
@@ -1154,9 +1584,9 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
 
         The patcher does not run and no patch closes, so the byte reads the last closed latent, as every byte of an
         open patch does, and the global transformer does not run. The caller rolls the encoder and decoder back
-        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by `forward`,
-        which is why only the byte itself is stored (the next drafted byte's hash n-grams read it): its encoder state
-        and patch end are written by the verifying forward.
+        (`BltDiffusionCache.crop` to the lengths before drafting) before the drafted bytes are verified by
+        `append_bytes`, which is why only the byte itself is stored (the next drafted byte's hash n-grams read it):
+        its encoder state and patch end are written by the verifying call.
 
         Returns:
             `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
@@ -1331,6 +1761,8 @@ class BltDiffusionCausalLMOutput(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch, kept, vocab)`): next-byte logits for the kept positions.
     cache (`BltDiffusionCache`, *optional*): the updated cache, when one was used (transformers 5 names this field
         `cache`, formerly `past_key_values`).
+    hidden_states, attentions, patcher_*, local_encoder_*, global_* (*optional*): every stack's hidden states and
+        attention weights, with `output_hidden_states` and `output_attentions`: see [`BltDiffusionModelOutput`].
     clean_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the next-byte term (Eq. 5 of the paper);
         with the default reduction it equals a plain BLT's loss, so it gives held-out bits per byte.
     diffusion_loss (`torch.FloatTensor` of shape `()`, *optional*): BLT-D only, the masked-cell term (Eq. 6).
@@ -1341,6 +1773,14 @@ class BltDiffusionCausalLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: BltDiffusionCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    patcher_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    patcher_attentions: tuple[torch.FloatTensor, ...] | None = None
+    local_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    local_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    global_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    global_attentions: tuple[torch.FloatTensor, ...] | None = None
     clean_loss: torch.FloatTensor | None = None
     diffusion_loss: torch.FloatTensor | None = None
     diffusion_logits: torch.FloatTensor | None = None
@@ -1396,36 +1836,7 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         """An empty cache for `batch_size` rows with room for `capacity` bytes each (it grows if needed)."""
         return BltDiffusionCache(self.config, batch_size, capacity, self.dtype, device or self.device)
 
-    def validate_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, allow_right_padding: bool
-    ) -> None:
-        """Reject inputs the model cannot read with a message that names the problem."""
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"`input_ids` must hold integer byte ids, got dtype {input_ids.dtype}.")
-        if input_ids.numel() > 0:
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"`input_ids` contains id {bad}, outside the model's vocabulary [0, {self.config.vocab_size})."
-                )
-        if attention_mask is None:
-            return
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
-                f"{tuple(input_ids.shape)}; they must match."
-            )
-        mask = attention_mask.bool()
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("Every row of `attention_mask` needs at least one 1 (a row without tokens).")
-        # Rows must be one contiguous run of tokens: padding on the left (and, without a cache, on the right).
-        starts_run = mask[:, 1:] & ~mask[:, :-1]
-        if bool((starts_run.sum(dim=1) + mask[:, 0].long() > 1).any()):
-            raise ValueError("`attention_mask` has holes: each row must be padding, then tokens, then padding.")
-        if not allow_right_padding and bool((~mask[:, -1]).any()):
-            raise ValueError("Right padding is not supported here: pad on the left (tokenizer.padding_side = 'left').")
-
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -1436,6 +1847,8 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         diffusion_blocks: DiffusionBlocks | None = None,
         **kwargs,
     ) -> BltDiffusionCausalLMOutput:
@@ -1443,13 +1856,19 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq)`): byte ids. With a non-empty `cache`, the bytes
                 that follow what the cache holds.
-            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding. Left padding
-                always; right padding only without a cache (labels there should be -100).
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 0 for padding, before or after each
+                row's bytes (labels at padding should be -100); padding only in the first call on a cache. Every row
+                gives the logits it gives alone: see [`BltDiffusionModel.forward`].
             cache (`BltDiffusionCache`, *optional*): updated in place; `use_cache=True` creates one. Formerly
                 `past_key_values`, still accepted until transformers 5.40 as for every transformers model.
             labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets for the shifted next-byte loss,
                 -100 to ignore.
-            logits_to_keep (`int` or `torch.Tensor`, *optional*): keep only the last n positions' logits (0: all).
+            logits_to_keep (`int` or `torch.Tensor`, *optional*): which positions get logits, as in transformers'
+                `slice_logits_to_keep`: an int keeps the last n (0: all), a tensor names positions or masks them.
+            output_attentions, output_hidden_states (`bool`, *optional*): return every stack's attention weights and
+                hidden states (see [`BltDiffusionModelOutput`]).
+            return_dict (`bool`, *optional*): False returns `to_tuple()` of the output; defaults to
+                `config.return_dict`.
             diffusion_blocks (`DiffusionBlocks`, *optional*): BLT-D only, corrupted blocks to decode instead of
                 sampling them (for reproducible evaluation); see `sample_diffusion_blocks`.
 
@@ -1457,37 +1876,60 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
         block-diffusion objective: `loss = clean_loss + config.diffusion_loss_weight * diffusion_loss` (see
         `diffusion_losses`).
         """
-        if inputs_embeds is not None:
-            raise ValueError(
-                "BLT needs byte ids (its hash n-gram embeddings are computed from them): pass `input_ids`."
-            )
-        if input_ids is None:
-            raise ValueError("`input_ids` is required.")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
-        cache_is_empty = cache is None or cache.is_empty()
-        self.validate_inputs(input_ids, attention_mask, allow_right_padding=cache is None and not use_cache)
-        # Any integer dtype of ids is accepted; embeddings and caches take int64.
-        input_ids = input_ids.long()
-        if attention_mask is not None and not cache_is_empty and not bool(attention_mask.bool().all()):
-            raise ValueError("Padding is only allowed in the first call on a cache (the prompt).")
         diffusion = diffusion_blocks is not None or (labels is not None and self.config.diffusion_block_size > 0)
         if diffusion:
-            if cache is not None or use_cache:
-                raise ValueError("The block-diffusion objective runs on whole sequences: do not pass a cache.")
-            return self._forward_diffusion(input_ids, attention_mask, labels, diffusion_blocks, **kwargs)
-        if cache is None and use_cache:
-            cache = self.new_cache(input_ids.shape[0], input_ids.shape[1], device=input_ids.device)
-        hidden_states = self.model(input_ids, cache=cache, attention_mask=attention_mask)
-        if isinstance(logits_to_keep, int):
-            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-        else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.compute_logits(hidden_states)
+            self.validate_forward_inputs(input_ids, attention_mask, inputs_embeds, cache)
+            self._refuse_with_block_diffusion(
+                cache, use_cache, logits_to_keep, output_attentions, output_hidden_states
+            )
+            return self._forward_diffusion(input_ids.long(), attention_mask, labels, diffusion_blocks, **kwargs)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.compute_logits(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return BltDiffusionCausalLMOutput(loss=loss, logits=logits, cache=cache)
+        return BltDiffusionCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            patcher_hidden_states=outputs.patcher_hidden_states,
+            patcher_attentions=outputs.patcher_attentions,
+            local_encoder_hidden_states=outputs.local_encoder_hidden_states,
+            local_encoder_attentions=outputs.local_encoder_attentions,
+            global_hidden_states=outputs.global_hidden_states,
+            global_attentions=outputs.global_attentions,
+        )
+
+    def _refuse_with_block_diffusion(
+        self,
+        cache: BltDiffusionCache | None,
+        use_cache: bool | None,
+        logits_to_keep: int | torch.Tensor,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> None:
+        """What the block-diffusion objective cannot honour: it decodes whole sequences, clean bytes and block cells in
+        one pass whose attention is computed in parts, and its loss needs every position's logits."""
+        if cache is not None or use_cache:
+            raise ValueError("The block-diffusion objective runs on whole sequences: do not pass a cache.")
+        if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("The block-diffusion objective needs every position's logits: leave `logits_to_keep` 0.")
+        config = self.config
+        if output_attentions or (output_attentions is None and config.output_attentions):
+            raise ValueError("`output_attentions` is not supported with the block-diffusion objective.")
+        if output_hidden_states or (output_hidden_states is None and config.output_hidden_states):
+            raise ValueError("`output_hidden_states` is not supported with the block-diffusion objective.")
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The LM head: decoder states (..., decoder_hidden) -> float32 next-byte logits (..., vocab)."""
@@ -1519,7 +1961,9 @@ class BltDiffusionForCausalLM(BltDiffusionPreTrainedModel, BltDiffusionGeneratio
             `torch.Tensor` of shape `(batch, new, vocab)`, or `(batch, vocab)` with `last_only`: the logits of the
             byte following each new byte.
         """
-        hidden_states = self.model(input_ids, cache, attention_mask, stepwise=stepwise, with_open_patch=open_block)
+        hidden_states = self.model.append_bytes(
+            input_ids, cache, attention_mask, stepwise=stepwise, with_open_patch=open_block
+        )
         return self.compute_logits(hidden_states[:, -1] if last_only else hidden_states)
 
     def open_block(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
@@ -33,6 +34,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 if TYPE_CHECKING:
+    from .cache_blt_diffusion import BltDiffusionCache
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
 
 
@@ -119,6 +121,41 @@ ENTROPY_BOUND = StrategyOption(
     bounds=(0.0, math.inf),
 )
 DRAFT_LENGTH = StrategyOption("draft_length", int, 8, "K", "bytes drafted per round")
+# Transformers' assisted-generation fields: None stands for transformers' defaults, which `generate` fills in.
+NUM_ASSISTANT_TOKENS = StrategyOption(
+    "num_assistant_tokens",
+    int,
+    None,
+    "K",
+    "the most bytes the assistant model drafts per round",
+    default_help="20, as in transformers",
+)
+ASSISTANT_CONFIDENCE_THRESHOLD = StrategyOption(
+    "assistant_confidence_threshold",
+    float,
+    None,
+    "P",
+    "a row's draft ends after a byte the assistant model gives a probability below P (0: never)",
+    default_help="0.4, as in transformers",
+    bounds=(0.0, 1.0),
+)
+# Transformers' prompt-lookup fields: None leaves prompt lookup off unless `decoding="prompt_lookup"` asks for it.
+PROMPT_LOOKUP_NUM_TOKENS = StrategyOption(
+    "prompt_lookup_num_tokens",
+    int,
+    None,
+    "K",
+    "bytes copied per round from after an earlier occurrence of the text's last bytes",
+    default_help="16",
+)
+MAX_MATCHING_NGRAM_SIZE = StrategyOption(
+    "max_matching_ngram_size",
+    int,
+    None,
+    "N",
+    "the longest run of the text's last bytes looked up in the prompt and output",
+    default_help="32",
+)
 
 
 class UnmaskingRule:
@@ -264,12 +301,66 @@ class RowwiseLogitsProcessors:
         return self.rows[row]
 
 
+def reuse_cache(cache: "BltDiffusionCache", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int | None:
+    """Crop `cache` so that every row appends the same number of its prompt's last bytes, as few as the bytes it
+    shares with the prompts allow, and return that number; None, leaving the cache as it is, when some prompt is
+    shorter than that (reading the prompts afresh is then the only way).
+
+    Args:
+        input_ids (`torch.Tensor` of shape `(batch, prompt)`): prompts, left-padded under `attention_mask`.
+    """
+    padding = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+    lengths = input_ids.shape[1] - padding
+    held = cache.held_prefix_lengths(input_ids, padding, torch.full_like(padding, input_ids.shape[1]))
+    # The last byte is always appended: its logits start decoding.
+    held = torch.minimum(held, lengths - 1)
+    width = int((lengths - held).max())
+    if bool((lengths < width).any()):
+        return None
+    cache.crop(lengths - width)
+    return width
+
+
+class CommittedByteRecord:
+    """A (vocab,) vector per committed byte of every row (processed scores or raw logits), kept as transformers'
+    `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
+    committed per call. Positions a row never reached (it stopped earlier) hold zeros.
+
+    `values` (batch, capacity, vocab) grows by doubling as rows commit bytes.
+    """
+
+    def __init__(self):
+        self.values: torch.Tensor | None = None
+
+    def write(self, positions: torch.Tensor, vectors: torch.Tensor, rows_that_take: torch.Tensor) -> None:
+        """Store `vectors` (batch, vocab) at generated position `positions` (batch,) of the rows that take a byte
+        (batch,) boolean."""
+        needed = int(positions.max()) + 1
+        if self.values is None:
+            self.values = vectors.new_zeros(vectors.shape[0], needed, vectors.shape[1])
+        elif needed > self.values.shape[1]:
+            grown = self.values.new_zeros(
+                self.values.shape[0], max(needed, 2 * self.values.shape[1]), *self.values.shape[2:]
+            )
+            grown[:, : self.values.shape[1]] = self.values
+            self.values = grown
+        rows = torch.arange(vectors.shape[0], device=vectors.device)
+        self.values[rows, positions] = torch.where(rows_that_take[:, None], vectors, self.values[rows, positions])
+
+    def steps(self, num_generated: int) -> tuple[torch.Tensor, ...]:
+        """One (batch, vocab) tensor per generated position, `num_generated` of them."""
+        if self.values is None:
+            return ()
+        return tuple(self.values[:, position] for position in range(num_generated))
+
+
 class GenerationState:
     """Sequences being generated, which rows are still running, and what each row has cost so far.
 
     `sequences` (batch, prompt + max_new) is preallocated with padding; `num_generated` (batch,) counts committed
     bytes per row. Strategies commit bytes through `commit`, which applies EOS, the exact `max_new_tokens` budget,
-    stopping criteria and streaming in one place.
+    stopping criteria and streaming in one place, and keeps the processed scores and raw logits of committed bytes
+    when the generation config asks for them (`output_scores`, `output_logits`).
     """
 
     def __init__(
@@ -279,10 +370,17 @@ class GenerationState:
         generation_config: "BltDiffusionGenerationConfig",
         stopping_criteria: StoppingCriteriaList,
         streamer,
+        attention_mask: torch.Tensor | None = None,
     ):
         batch_size, prompt_length = input_ids.shape
         device = input_ids.device
         self.prompt_length = prompt_length
+        # Left padding of each prompt (batch,).
+        self.prompt_padding = (
+            torch.zeros(batch_size, dtype=torch.long, device=device)
+            if attention_mask is None
+            else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+        )
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = generation_config.pad_token_id
         self.stopping_criteria = stopping_criteria
@@ -298,8 +396,8 @@ class GenerationState:
         self.patcher_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cell_encoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.last_scores: torch.Tensor | None = None
-        self.scores: list[torch.Tensor] = []
-        self.raw_logits: list[torch.Tensor] = []
+        self.scores = CommittedByteRecord() if generation_config.output_scores else None
+        self.raw_logits = CommittedByteRecord() if generation_config.output_logits else None
         if max_new_tokens == 0:
             self.unfinished[:] = False
         self.shared_length = self._shared_length()
@@ -322,11 +420,19 @@ class GenerationState:
         self.patcher_nfe += running * patcher
         self.cell_encoder_nfe += running * cell_encoder
 
-    def commit(self, tokens: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    def commit(
+        self,
+        tokens: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Append up to `counts[r]` bytes of `tokens[r]` (batch, n) to each running row, in order.
 
         A row takes bytes until its count, its `max_new_tokens` budget, EOS or a stopping criterion says stop (the
         byte that triggers EOS or a criterion is kept); the streamer then receives the committed bytes as one block.
+        `scores` and `logits` (batch, n, vocab), the processed scores and raw logits each offered byte was chosen
+        from, are kept for the bytes taken when the generation config asks for them.
 
         Returns:
             `torch.Tensor` of shape `(batch,)`: how many bytes each row took.
@@ -344,6 +450,10 @@ class GenerationState:
             # Rows that take nothing may already be full; they rewrite their last byte unchanged.
             slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
             self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
+            for record, offered_vectors in ((self.scores, scores), (self.raw_logits, logits)):
+                if record is not None and offered_vectors is not None:
+                    positions = self.num_generated.clamp(max=self.max_new_tokens - 1)
+                    record.write(positions, offered_vectors[:, index], takes)
             self.num_generated += takes.long()
             taken += takes.long()
             stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
@@ -371,6 +481,19 @@ class GenerationState:
         columns = lengths[:, None] - width + torch.arange(width, device=lengths.device)
         aligned = self.sequences.gather(1, columns.clamp(min=0))
         return aligned.masked_fill(columns < 0, self.pad_token_id)
+
+    def right_aligned_history(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`right_aligned()` and, (batch, longest) boolean, which of its slots hold a byte of the row's prompt or
+        output rather than padding."""
+        aligned = self.right_aligned()
+        real_lengths = self.prompt_length - self.prompt_padding + self.num_generated
+        columns = torch.arange(aligned.shape[1], device=aligned.device)
+        return aligned, columns >= aligned.shape[1] - real_lengths[:, None]
+
+    def committed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every row's committed bytes, prompt included: `sequences` (batch, width) and, per row (batch,), the slot
+        of its first byte (after the prompt's left padding) and one past its last."""
+        return self.sequences, self.prompt_padding, self.prompt_length + self.num_generated
 
     def output_sequences(self) -> torch.Tensor:
         return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
@@ -431,18 +554,68 @@ def draw(distributions: torch.Tensor, do_sample: bool) -> torch.Tensor:
     return distributions.argmax(dim=-1)
 
 
+def speculative_acceptance(
+    targets: torch.Tensor, drafted: torch.Tensor, draft_distributions: torch.Tensor, do_sample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The speculative acceptance rule (Leviathan et al., 2023): which drafted bytes stand, and the byte after them.
+
+    Byte i stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls
+    is replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
+    distribution after the last. Output bytes are then distributed exactly as drawing from the p_i one after the
+    other; greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one p would not
+    have chosen and then appends p's own. A position without a draft (q = 0) never stands, and its byte is drawn
+    from p itself.
+
+    Args:
+        targets (`torch.Tensor` of shape `(batch, n + 1, vocab)`): p_i, the distribution after the committed bytes
+            and the first i drafted ones.
+        drafted (`torch.Tensor` of shape `(batch, n)`): the drafted bytes d_i.
+        draft_distributions (`torch.Tensor` of shape `(batch, n, vocab)`): q_i, what each was drawn from.
+
+    Returns:
+        how many drafted bytes stand (batch,) and the byte that follows them (batch,).
+    """
+    target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
+    draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
+    ratio = target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)
+    acceptance = torch.where(draft_of_draft > 0, ratio.clamp(max=1), 0)
+    stands = torch.rand_like(acceptance) < acceptance
+    accepted = stands.long().cumprod(dim=1).sum(dim=1)
+
+    rows = torch.arange(drafted.shape[0], device=drafted.device)
+    target = targets[rows, accepted]
+    no_draft = draft_distributions.new_zeros(drafted.shape[0], 1, draft_distributions.shape[-1])
+    residual = (target - torch.cat([draft_distributions, no_draft], dim=1)[rows, accepted]).clamp(min=0)
+    # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
+    return accepted, draw(residual / residual.sum(dim=-1, keepdim=True), do_sample)
+
+
 def last_taken(tokens: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
     """The last byte each row took (batch,) of the offered `tokens` (batch, n); `taken` (batch,)."""
     return tokens.gather(1, (taken - 1).clamp(min=0)[:, None])[:, 0]
+
+
+@dataclass
+class ProposedBytes:
+    """What a strategy offers every row in one step: bytes `tokens` (batch, n), how many of them count per row
+    `counts` (batch,) (None: all), and the processed `scores` and raw `logits` (batch, n, vocab) each byte was chosen
+    from, which `output_scores` / `output_logits` return for the bytes committed."""
+
+    tokens: torch.Tensor
+    counts: torch.Tensor | None
+    scores: torch.Tensor
+    logits: torch.Tensor
 
 
 class DecodingStrategy:
     """How bytes are produced. Subclasses implement `start` (read the prompt) and `next_tokens` / `feed`, and describe
     themselves in class attributes, which the command line, the examples and the README's table read:
 
-    - `name`: the value of `decoding`; `paper_name`: what the paper calls it; `summary`: one line on how it works.
+    - `name`: the value of `decoding`; `paper_name`: what the paper calls it ("-" if it has no such strategy);
+      `summary`: one line on how it works.
     - `needs_diffusion_checkpoint`: whether it needs a model trained with the block-diffusion objective (BLT-D) or
-      runs on any BLT.
+      runs on any BLT; `needs_assistant_model`: whether it drafts with `generate`'s `assistant_model`.
     - `lossless`: whether its output is distributed exactly as autoregressive decoding's (byte for byte greedy).
     - `options`: the generation-config options it reads, with their defaults.
 
@@ -456,17 +629,24 @@ class DecodingStrategy:
     paper_name: ClassVar[str]
     summary: ClassVar[str]
     needs_diffusion_checkpoint: ClassVar[bool] = False
+    needs_assistant_model: ClassVar[bool] = False
     lossless: ClassVar[bool] = False
     options: ClassVar[tuple[StrategyOption, ...]] = ()
     # The rule of strategies that read `unmasking`, when the generation config names none.
     default_unmasking: ClassVar[str | None] = None
 
     def __init__(
-        self, model, generation_config: "BltDiffusionGenerationConfig", logits_processor: RowwiseLogitsProcessors
+        self,
+        model,
+        generation_config: "BltDiffusionGenerationConfig",
+        logits_processor: RowwiseLogitsProcessors,
+        assistant_model=None,
     ):
         self.model = model
         self.generation_config = generation_config
         self.logits_processor = logits_processor
+        # `generate`'s `assistant_model`, which only assisted decoding reads.
+        self.assistant_model = assistant_model
         self.cache = None
 
     @classmethod
@@ -491,11 +671,43 @@ class DecodingStrategy:
                 "(`config.diffusion_block_size` > 0); this one is a plain BLT. Use decoding='autoregressive'."
             )
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
+        """Read the prompts (batch, prompt), left-padded under `attention_mask`, into `self.cache`: a new cache, or
+        `cache`, a `BltDiffusionCache` from an earlier generation, for the bytes it shares with them (`open_cache`)."""
         raise NotImplementedError
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Bytes offered to each row, (batch, n), and how many of them count per row, (batch,) or None for all."""
+    def open_cache(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: "BltDiffusionCache | None", capacity: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Set `self.cache` to decode after the prompts `input_ids` (batch, prompt), left-padded under
+        `attention_mask`, and return the prompt bytes it does not hold yet (batch, new) and their attention mask.
+
+        An earlier generation's `cache` is kept for the bytes it shares with the prompts (`reuse_cache`), so that a
+        conversation continues without reading its history again; otherwise the cache is new, with room for
+        `capacity` bytes per row.
+        """
+        if cache is not None:
+            width = reuse_cache(cache, input_ids, attention_mask)
+            if width is not None:
+                self.cache = cache
+                return input_ids[:, -width:], None
+        self.cache = self.model.new_cache(input_ids.shape[0], capacity, device=input_ids.device)
+        return input_ids, attention_mask
+
+    def finish(self, state: GenerationState) -> None:
+        """Crop `self.cache` to the committed bytes it holds, so that a later `generate(..., cache=output.cache)`
+        continues from them: drafts past a rejection and bytes decoded after a row stopped are dropped."""
+        if self.cache is not None:
+            self.cache.crop(self.cache.held_prefix_lengths(*state.committed_rows()))
+
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
+        """Bytes offered to each row, how many of them count, and what they were chosen from."""
         raise NotImplementedError
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
@@ -517,10 +729,6 @@ class DecodingStrategy:
             scores = state.process(self.logits_processor, logits)
         else:
             scores = state.process_positions(self.logits_processor, logits, block[:, :-1])
-        if self.generation_config.output_scores:
-            state.scores.append(scores)
-        if self.generation_config.output_logits:
-            state.raw_logits.append(logits)
         if self.generation_config.do_sample:
             tokens = draw(scores.flatten(0, -2).softmax(dim=-1), do_sample=True).view(scores.shape[:-1])
         else:
@@ -538,16 +746,21 @@ class AutoregressiveDecoding(DecodingStrategy):
     # The reference that lossless strategies reproduce.
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self.cache = self.model.new_cache(
-            input_ids.shape[0], input_ids.shape[1] + state.max_new_tokens, device=input_ids.device
-        )
-        self.next_logits = self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
+        capacity = input_ids.shape[1] + state.max_new_tokens
+        new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
+        self.next_logits = self.model.append_bytes(self.cache, new_ids, new_mask, last_only=True)
         state.count_calls(decoder=1, global_=1, patcher=1)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         tokens, state.last_scores = self.choose(state, self.next_logits)
-        return tokens[:, None], None
+        return ProposedBytes(tokens[:, None], None, state.last_scores[:, None], self.next_logits[:, None])
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         # Finished rows keep decoding in lockstep with the others; their results are never read.
@@ -582,17 +795,13 @@ class BlockDenoiser:
         # Each denoising step then also runs the local encoder over the block, a cost of its own.
         self.cells_through_encoder = int(self.model.config.diffusion_cell_embedding == "encoder")
 
-    def denoise(self, state: GenerationState, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill a block for every running row, counting one decoder call per step per running row.
-
-        Returns the cells (batch, block_size) and, per cell, the distribution its byte was drawn from (batch,
-        block_size, vocab): the processed distribution with `do_sample`, else one-hot on the argmax. Finished rows
-        ride along in lockstep without steering the loop; their cells come back as padding.
-        """
+    def denoise(self, state: GenerationState, cache, block_size: int) -> "DenoisedBlock":
+        """Fill a block for every running row, counting one decoder call per step per running row. Finished rows ride
+        along in lockstep without steering the loop; their cells come back as padding."""
         batch_size = state.sequences.shape[0]
         cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
         masked = state.unfinished[:, None].expand_as(cells).clone()
-        distributions = None
+        committing_scores = committing_logits = None
         while bool(masked.any()):
             logits = self.model.block_logits(cache, cells)
             steps = masked.any(dim=1).long()
@@ -600,16 +809,33 @@ class BlockDenoiser:
             # Processors see the cells before each one; cells still masked stand as padding, never a byte.
             known = cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
             tokens, scores = self.strategy.choose(state, logits, known)
-            drawn_from = drawing_distribution(scores, self.generation_config.do_sample)
             unmask = self.rule.select(masked, self.rule.rank(logits))
             cells = torch.where(unmask, tokens, cells)
-            distributions = (
-                drawn_from if distributions is None else torch.where(unmask[..., None], drawn_from, distributions)
-            )
+            if committing_scores is None:
+                committing_scores, committing_logits = scores, logits
+            else:
+                committing_scores = torch.where(unmask[..., None], scores, committing_scores)
+                committing_logits = torch.where(unmask[..., None], logits, committing_logits)
             masked &= ~unmask
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
-        return cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id), distributions
+        cells = cells.masked_fill(cells == self.mask_id, self.generation_config.pad_token_id)
+        return DenoisedBlock(cells, committing_scores, committing_logits)
+
+
+@dataclass
+class DenoisedBlock:
+    """A filled diffusion block: its bytes `cells` (batch, block), and per cell the processed scores and raw logits
+    (batch, block, vocab) of the denoising step that committed it, the distribution its byte was drawn from."""
+
+    cells: torch.Tensor
+    scores: torch.Tensor
+    logits: torch.Tensor
+
+    def drawing_distributions(self, do_sample: bool) -> torch.Tensor:
+        """The distribution each cell's byte was drawn from (batch, block, vocab): the processed one when sampling,
+        one-hot on the byte when greedy."""
+        return drawing_distribution(self.scores, do_sample)
 
 
 class DiffusionDecoding(DecodingStrategy):
@@ -628,20 +854,24 @@ class DiffusionDecoding(DecodingStrategy):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = ConfidenceUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         self.denoiser = BlockDenoiser(self)
-        self.cache = self.model.new_cache(
-            input_ids.shape[0],
-            input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size,
-            device=input_ids.device,
-        )
-        self.model.open_block(self.cache, input_ids, attention_mask)
+        capacity = input_ids.shape[1] + state.max_new_tokens + self.denoiser.block_size
+        new_ids, new_mask = self.open_cache(input_ids, attention_mask, cache, capacity)
+        self.model.open_block(self.cache, new_ids, new_mask)
         state.count_calls(global_=1, patcher=1)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, None]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         remaining = state.max_new_tokens - state.num_generated
         block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
-        return self.denoiser.denoise(state, self.cache, block_size)[0], None
+        block = self.denoiser.denoise(state, self.cache, block_size)
+        return ProposedBytes(block.cells, None, block.scores, block.logits)
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         self.model.open_block(self.cache, tokens)
@@ -652,21 +882,26 @@ class SpeculativeDecoding(DecodingStrategy):
     """Lossless speculative decoding: a draft step proposes bytes, one causal pass of the whole model verifies them,
     drafted bytes stand up to the first rejection, and a correction drawn from the model follows.
 
-    A round: `draft` proposes up to `max_draft_length()` bytes and leaves the caches as found; `verify` appends them
-    with one full forward (patcher, encoder, global transformer on the patches they close, decoder), which gives the
-    model's own distribution after each, and applies the speculative acceptance rule; `feed` crops the caches to the
-    kept bytes and hands the correction to `take_correction`. Greedy output is identical to autoregressive decoding,
-    and sampled output is distributed as autoregressive sampling. Subclasses implement `draft`, `max_draft_length`
-    and `take_correction`.
+    A round: `draft` proposes up to `max_draft_length()` bytes per row and leaves the caches as found; `verify`
+    appends them with one full forward (patcher, encoder, global transformer on the patches they close, decoder),
+    which gives the model's own distribution after each, and applies the speculative acceptance rule; `feed` crops
+    the caches to the kept bytes and hands the correction to `take_correction`, which by default holds it back for
+    the next verification to append. Greedy output is identical to autoregressive decoding, and sampled output is
+    distributed as autoregressive sampling. Subclasses implement `draft` and `max_draft_length`.
     """
 
     lossless = True
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         batch_size = input_ids.shape[0]
         capacity = input_ids.shape[1] + state.max_new_tokens + 2 * self.max_draft_length() + 2
-        self.cache = self.model.new_cache(batch_size, capacity, device=input_ids.device)
-        self.next_logits = self.append(input_ids, attention_mask)
+        self.next_logits = self.append(*self.open_cache(input_ids, attention_mask, cache, capacity))
         state.count_calls(decoder=1, global_=1, patcher=1)
         # The committed byte the caches do not hold yet (batch,), or None when `next_logits` follow the last one.
         self.correction: torch.Tensor | None = None
@@ -678,71 +913,70 @@ class SpeculativeDecoding(DecodingStrategy):
         raise NotImplementedError
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft bytes (batch, draft_length) after the committed ones (the held-back `correction` included), and the
-        distributions they were drawn from (batch, draft_length, vocab); the caches are left as found."""
+        """Draft up to `draft_length` bytes per row after the committed ones (the held-back `correction` included),
+        and the distributions they were drawn from; the caches are left as found.
+
+        Returns:
+            drafted bytes (batch, n) and their distributions (batch, n, vocab), n <= draft_length. A row that drafts
+            fewer than n bytes gives the positions after its draft an all-zero distribution: they are no draft, and
+            verification never keeps them.
+        """
         raise NotImplementedError
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
-        """Bring the model up to date with the round's last committed byte (batch,): append it now, or hold it back
-        in `self.correction` for the next verification to append."""
-        raise NotImplementedError
+        """Bring the model up to date with the round's last committed byte (batch,): by default, hold it back in
+        `self.correction` for the next verification to append together with the next draft."""
+        self.correction = correction
 
     def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append committed bytes to the cache; the next-byte logits after the last one, (batch, vocab)."""
         return self.model.append_bytes(self.cache, input_ids, attention_mask, last_only=True)
 
-    def next_tokens(self, state: GenerationState) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_tokens(self, state: GenerationState) -> ProposedBytes:
         remaining = state.max_new_tokens - state.num_generated
         draft_length = max(1, min(self.max_draft_length(), int(remaining[state.unfinished].max())))
         return self.verify(state, *self.draft(state, draft_length))
 
-    def verify(
-        self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Speculative acceptance of drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab).
-
-        One forward over the draft gives the distribution p_i autoregressive decoding would draw byte i from. Byte i
-        stands with probability min(1, p_i(d_i) / q_i(d_i)) while every earlier one stands; the first that falls is
-        replaced by a draw from the normalised max(0, p_i - q_i), and when all stand a free byte is drawn from the
-        distribution after the last. Output bytes are then distributed exactly as autoregressive sampling (Leviathan
-        et al., 2023); greedy, where every distribution is one-hot, this keeps drafted bytes up to the first one the
-        model would not have chosen and then appends the model's own.
-
-        Returns the bytes offered per row (batch, n + 1) and how many count (batch,).
-        """
-        lengths = self.cache.lengths()
+    def verification_logits(self, state: GenerationState, drafted: torch.Tensor) -> torch.Tensor:
+        """The model's logits (batch, n + 1, vocab) after the committed bytes and after each drafted byte (batch,
+        n), from one forward that appends the held-back correction and the drafts; none when nothing is to append."""
         if self.correction is None:
+            if drafted.shape[1] == 0:
+                return self.next_logits[:, None]
             logits = self.model.append_bytes(self.cache, drafted, stepwise=True)
             logits = torch.cat([self.next_logits[:, None], logits], dim=1)
         else:
             logits = self.model.append_bytes(
                 self.cache, torch.cat([self.correction[:, None], drafted], dim=1), stepwise=True
             )
-            lengths = lengths + 1
         state.count_calls(decoder=1, global_=1, patcher=1)
+        return logits
+
+    def verify(
+        self, state: GenerationState, drafted: torch.Tensor, draft_distributions: torch.Tensor
+    ) -> ProposedBytes:
+        """Verify drafted bytes (batch, n) drawn from `draft_distributions` (batch, n, vocab) with one forward, which
+        gives the distribution autoregressive decoding would draw each byte from (`speculative_acceptance`). Greedy
+        output is then identical to autoregressive decoding, and sampled output distributed as autoregressive sampling.
+
+        Returns the bytes offered per row (batch, n + 1), how many count (batch,), and the verifying scores and
+        logits of each (batch, n + 1, vocab): what autoregressive decoding would have chosen every committed byte from.
+        """
+        lengths = self.cache.lengths() + int(self.correction is not None)
+        logits = self.verification_logits(state, drafted)
         scores = state.process_positions(self.logits_processor, logits, drafted)
         targets = drawing_distribution(scores, self.generation_config.do_sample)
-        target_of_draft = targets[:, :-1].gather(-1, drafted[..., None])[..., 0]
-        draft_of_draft = draft_distributions.gather(-1, drafted[..., None])[..., 0]
-        acceptance = (target_of_draft / draft_of_draft.clamp(min=torch.finfo(draft_of_draft.dtype).tiny)).clamp(max=1)
-        stands = torch.rand_like(acceptance) < acceptance
-        accepted = stands.long().cumprod(dim=1).sum(dim=1)
-
+        accepted, correction = speculative_acceptance(
+            targets, drafted, draft_distributions, self.generation_config.do_sample
+        )
         rows = torch.arange(drafted.shape[0], device=drafted.device)
-        target = targets[rows, accepted]
-        padded_drafts = torch.cat([draft_distributions, torch.zeros_like(draft_distributions[:, :1])], dim=1)
-        residual = (target - padded_drafts[rows, accepted]).clamp(min=0)
-        # p == q leaves nothing (a byte drawn from p itself cannot fall): keep p.
-        residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, target)
-        replacement = draw(residual / residual.sum(dim=-1, keepdim=True), self.generation_config.do_sample)
-
-        tokens = torch.cat([drafted, torch.zeros_like(drafted[:, :1])], dim=1)
-        tokens[rows, accepted] = replacement
+        tokens = torch.cat([drafted, correction[:, None]], dim=1)
+        tokens[rows, accepted] = correction
         running = state.unfinished.long()
-        self.drafted += running * drafted.shape[1]
+        self.drafted += running * (draft_distributions.sum(dim=-1) > 0).sum(dim=1)
         self.accepted += running * accepted
         self.kept_lengths = lengths + accepted
-        return tokens, accepted + 1
+        return ProposedBytes(tokens, accepted + 1, scores, logits)
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
         """Keep the accepted drafts in the caches, then take in the correction."""
@@ -808,9 +1042,256 @@ class SelfSpeculativeDecoding(SpeculativeDecoding):
         # Greedy drafts are one-hot on the byte drawn; building them once is cheaper than once per step.
         return drafted, F.one_hot(drafted, logits.shape[-1]).to(logits.dtype)
 
-    def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
-        """Hold the correction back: the next verification appends it together with the next draft."""
-        self.correction = correction
+
+class PromptLookupDecoding(SpeculativeDecoding):
+    """Prompt lookup decoding (transformers' `prompt_lookup_num_tokens`), lossless and batched: each row drafts the
+    bytes that followed the latest earlier occurrence of its text's last bytes, in the prompt or in its output, and
+    one causal pass of the whole model verifies them as in BLT-S.
+
+    Drafting costs no model call: where the text copies earlier text (editing code, summarising or answering over a
+    document, repeated structure) whole runs of bytes are accepted per round; where it does not, a round without a
+    match is an autoregressive step. The match is the longest run, up to `max_matching_ngram_size` bytes, of the
+    text's last bytes found earlier (transformers tries the same sizes, longest first), its latest occurrence when
+    several are as long: recent text is the likelier one to be copied. Unlike transformers' token-level lookup, a row
+    drafts at most as many bytes as its match is long (benchmarks/README.md: a byte-long match drafting
+    `prompt_lookup_num_tokens` bytes made decoding slower than autoregressive decoding). Drafts are deterministic,
+    so with `do_sample` the acceptance rule keeps a drafted byte with the model's probability of it, and sampling
+    stays exact.
+    """
+
+    name = "prompt_lookup"
+    paper_name = "-"
+    summary = "transformers' prompt lookup, batched: drafts copied from after an earlier occurrence of the last bytes"
+    options = (PROMPT_LOOKUP_NUM_TOKENS, MAX_MATCHING_NGRAM_SIZE)
+    default_draft_length = 16
+    default_max_matching_ngram_size = 32
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.prompt_lookup_num_tokens or self.default_draft_length
+
+    def max_matching_ngram_size(self) -> int:
+        return self.generation_config.max_matching_ngram_size or self.default_max_matching_ngram_size
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy up to `draft_length` bytes per row from after its best match; rows without one draft nothing."""
+        history, real = state.right_aligned_history()
+        match_ends, match_lengths = longest_latest_suffix_match(history, real, self.max_matching_ngram_size())
+        # A row drafts no more bytes than its match is long: a short match is weak evidence that the text copies,
+        # and a wrong draft widens the verifying forward for nothing.
+        available = torch.minimum(history.shape[1] - 1 - match_ends, match_lengths)
+        lengths = torch.where(state.unfinished, available.clamp(max=draft_length), 0)
+        offsets = torch.arange(int(lengths.max()), device=history.device)
+        drafted = history.gather(1, (match_ends[:, None] + 1 + offsets).clamp(max=history.shape[1] - 1))
+        is_draft = offsets < lengths[:, None]
+        distributions = F.one_hot(drafted, self.model.config.vocab_size).float() * is_draft[..., None]
+        return drafted, distributions
+
+
+def longest_latest_suffix_match(
+    history: torch.Tensor, real: torch.Tensor, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the earlier position where the longest run (up to `max_length`) of the row's last bytes ends, the
+    latest one among equally long runs.
+
+    Args:
+        history (`torch.Tensor` of shape `(batch, width)`): byte ids, each row's last byte in the last column.
+        real (`torch.Tensor` of shape `(batch, width)`): which slots hold bytes of the row (the rest is padding).
+
+    Returns:
+        the column where the match ends (batch,), before the last one, and its length (batch,), 0 when the row's
+        last byte occurs nowhere earlier.
+    """
+    batch_size, width = history.shape
+    # Candidates: earlier slots holding the row's last byte. Their runs are measured backwards from there.
+    candidates = (history[:, :-1] == history[:, -1:]) & real[:, :-1]
+    rows, ends = candidates.nonzero(as_tuple=True)
+    back = torch.arange(max_length, device=history.device)
+    slots = ends[:, None] - back
+    suffix = history[rows[:, None], (width - 1 - back).clamp(min=0)]
+    inside = slots >= 0
+    same = (history[rows[:, None], slots.clamp(min=0)] == suffix) & real[rows[:, None], slots.clamp(min=0)] & inside
+    lengths = same.long().cumprod(dim=1).sum(dim=1)
+    # The longest run wins, then the latest end: one key orders both.
+    best = torch.full((batch_size,), -1, dtype=torch.long, device=history.device)
+    best = best.scatter_reduce(0, rows, lengths * width + ends, reduce="amax")
+    return best.clamp(min=0) % width, torch.where(best >= 0, best // width, 0)
+
+
+class AssistedDecoding(SpeculativeDecoding):
+    """Assisted generation (transformers' `assistant_model`), lossless and batched: a smaller model with the same byte
+    ids drafts up to `num_assistant_tokens` bytes per row, each after the one before (its own processed
+    distribution, greedy or sampled, so that sampling stays exact), and one causal pass of the whole model verifies
+    them as in BLT-S. A row's draft ends early after a byte the assistant gives a probability below
+    `assistant_confidence_threshold`, as transformers' assistant stops drafting.
+
+    The assistant keeps its own cache of the committed text (`AssistantDrafter`), brought up to date at the start of
+    every round. The cost fields count the main model's calls only.
+    """
+
+    name = "assisted"
+    paper_name = "-"
+    summary = "transformers' assisted generation, batched: a smaller model drafts bytes; the whole model verifies them"
+    needs_assistant_model = True
+    options = (NUM_ASSISTANT_TOKENS, ASSISTANT_CONFIDENCE_THRESHOLD)
+
+    def check_model(self) -> None:
+        """Refuse to run without an assistant, or with one whose vocabulary or schedule cannot be honoured."""
+        super().check_model()
+        if self.assistant_model is None:
+            raise ValueError(
+                f"decoding={self.name!r} drafts with `assistant_model`: pass a smaller causal LM with the same byte "
+                "ids (a BltDiffusionForCausalLM, or any transformers causal LM over these byte ids)."
+            )
+        vocab_size = self.assistant_model.config.get_text_config().vocab_size
+        if vocab_size != self.model.config.vocab_size:
+            raise ValueError(
+                f"`assistant_model` has a vocabulary of {vocab_size} ids, this model {self.model.config.vocab_size}: "
+                "its drafts would not be this model's bytes."
+            )
+        schedule = self.generation_config.num_assistant_tokens_schedule
+        if schedule != "constant":
+            # Transformers' heuristic schedules change the assistant's own generation config from call to call.
+            raise ValueError(f"`num_assistant_tokens_schedule` must be 'constant' here, got {schedule!r}.")
+
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
+        super().start(state, input_ids, attention_mask, cache)
+        self.drafter = AssistantDrafter.for_model(self.assistant_model)
+
+    def max_draft_length(self) -> int:
+        return self.generation_config.num_assistant_tokens
+
+    def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft byte after byte with the assistant; a row stops after a byte below the confidence threshold."""
+        do_sample = self.generation_config.do_sample
+        threshold = self.generation_config.assistant_confidence_threshold or 0.0
+        logits = self.drafter.catch_up(*state.right_aligned_history())
+        drafted = torch.empty(logits.shape[0], 0, dtype=torch.long, device=logits.device)
+        drafting = state.unfinished.clone()
+        distributions = []
+        for step in range(draft_length):
+            probabilities = state.process(self.logits_processor, logits, drafted).softmax(dim=-1)
+            token = draw(probabilities, do_sample)
+            drawn_from = probabilities if do_sample else F.one_hot(token, probabilities.shape[-1]).to(logits.dtype)
+            distributions.append(drawn_from * drafting[:, None])
+            drafted = torch.cat([drafted, token[:, None]], dim=1)
+            drafting &= probabilities.gather(1, token[:, None])[:, 0] >= threshold
+            if step == draft_length - 1 or not bool(drafting.any()):
+                break
+            logits = self.drafter.append(token[:, None])
+        return drafted, torch.stack(distributions, dim=1)
+
+
+class AssistantDrafter:
+    """An assistant model's view of the committed text, kept in its own cache from round to round.
+
+    `catch_up` reads what was committed since the last round and gives the assistant's next-byte logits; `append`
+    reads one drafted byte per row and gives the logits after it. Drafts that verification rejects are dropped at the
+    next `catch_up`, which keeps what the cache shares with the committed text (`reuse_cache`). This one drives a
+    `BltDiffusionForCausalLM` through its decoding interface.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.cache = None
+
+    @classmethod
+    def for_model(cls, model) -> "AssistantDrafter":
+        """The drafter for `model`: BLT models through their decoding interface, any other causal LM through its
+        forward and transformers' cache."""
+        return cls(model) if hasattr(model, "append_bytes") else CausalLMDrafter(model)
+
+    def catch_up(self, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Bring the assistant up to date with the committed text and return its next-byte logits (batch, vocab).
+
+        Args:
+            history (`torch.Tensor` of shape `(batch, width)`): committed bytes, each row's last in the last column.
+            real (`torch.Tensor` of shape `(batch, width)`): which slots hold bytes rather than padding.
+        """
+        device = history.device
+        history, attention_mask = history.to(self.model.device), real.long().to(self.model.device)
+        width = None if self.cache is None else reuse_cache(self.cache, history, attention_mask)
+        if width is None:
+            self.cache = self.model.new_cache(history.shape[0], history.shape[1], device=history.device)
+            logits = self.model.append_bytes(self.cache, history, attention_mask, last_only=True)
+        else:
+            logits = self.model.append_bytes(self.cache, history[:, -width:], last_only=True)
+        return logits.to(device)
+
+    def append(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Read drafted bytes (batch, 1); the assistant's logits after them (batch, vocab)."""
+        return self.model.append_bytes(self.cache, input_ids.to(self.model.device), last_only=True).to(
+            input_ids.device
+        )
+
+
+class CausalLMDrafter(AssistantDrafter):
+    """The drafter of any transformers causal LM over the same byte ids, through its forward and a `DynamicCache`.
+
+    Rows keep different numbers of drafted bytes, and a transformers cache crops every row alike, so the slots of
+    rejected drafts stay in the cache as holes that the attention mask hides (positions count the bytes before
+    only). When holes outnumber bytes, the committed text is read afresh. `slot_ids` and `slot_mask` (batch, slots)
+    say which byte each slot of the cache holds, and whether it still counts.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.slot_ids: torch.Tensor | None = None
+        self.slot_mask: torch.Tensor | None = None
+
+    def catch_up(self, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        device = history.device
+        history, real = history.to(self.model.device), real.to(self.model.device)
+        if self.cache is None or int((~self.slot_mask).sum()) > int(self.slot_mask.sum()):
+            self.cache, self.slot_ids, self.slot_mask = DynamicCache(), history[:, :0], real[:, :0]
+            return self.read(history, real).to(device)
+        lengths = real.sum(dim=1)
+        held = torch.minimum(self.held_prefix_lengths(history, lengths), lengths - 1)
+        # Slots past a row's held bytes become holes; the row's bytes after them are read now.
+        self.slot_mask &= self.slot_mask.cumsum(dim=1) <= held[:, None]
+        missing = lengths - held
+        width = int(missing.max())
+        new_bytes = torch.arange(width, device=history.device) >= width - missing[:, None]
+        return self.read(history[:, -width:], new_bytes).to(device)
+
+    def append(self, input_ids: torch.Tensor) -> torch.Tensor:
+        device = input_ids.device
+        input_ids = input_ids.to(self.model.device)
+        return self.read(input_ids, torch.ones_like(input_ids, dtype=torch.bool)).to(device)
+
+    def held_prefix_lengths(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per row, how many first bytes of its committed text (`history`, right-aligned, `lengths` bytes) the
+        cache's counted slots hold, in order (batch,)."""
+        held_lengths = self.slot_mask.sum(dim=1)
+        comparable = torch.minimum(held_lengths, lengths)
+        offsets = torch.arange(int(comparable.max()), device=history.device)
+        # The counted slots of every row, in order, moved to its front.
+        order = torch.sort((~self.slot_mask).long(), dim=1, stable=True).indices[:, : len(offsets)]
+        cached = self.slot_ids.gather(1, order)
+        given = history.gather(1, (history.shape[1] - lengths[:, None] + offsets).clamp(max=history.shape[1] - 1))
+        same = (cached == given) & (offsets < comparable[:, None])
+        return same.long().cumprod(dim=1).sum(dim=1)
+
+    def read(self, input_ids: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """Run the assistant on new slots `input_ids` (batch, new), of which `counted` (batch, new) hold bytes (the
+        rest are holes); its logits after the last slot (batch, vocab)."""
+        self.slot_ids = torch.cat([self.slot_ids, input_ids], dim=1)
+        self.slot_mask = torch.cat([self.slot_mask, counted], dim=1)
+        positions = (self.slot_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=self.slot_mask.long(),
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1].float()
 
 
 class DiffusionVerifiedDecoding(SpeculativeDecoding):
@@ -829,7 +1310,13 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
     options = BLOCK_DIFFUSION_OPTIONS
     default_unmasking = OneStepUnmasking.name
 
-    def start(self, state: GenerationState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def start(
+        self,
+        state: GenerationState,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: "BltDiffusionCache | None" = None,
+    ) -> None:
         self.denoiser = BlockDenoiser(self)
         unmasking = self.denoiser.rule.name
         if self.generation_config.do_sample and unmasking != OneStepUnmasking.name:
@@ -838,7 +1325,7 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
             raise ValueError(
                 f"Sampling with decoding={self.name!r} needs unmasking={OneStepUnmasking.name!r}, got {unmasking!r}."
             )
-        super().start(state, input_ids, attention_mask)
+        super().start(state, input_ids, attention_mask, cache)
 
     def max_draft_length(self) -> int:
         return self.denoiser.block_size
@@ -849,7 +1336,8 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft a block by diffusion after the committed bytes (denoising keeps nothing of the block's cells)."""
-        return self.denoiser.denoise(state, self.cache, draft_length)
+        block = self.denoiser.denoise(state, self.cache, draft_length)
+        return block.cells, block.drawing_distributions(self.generation_config.do_sample)
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
         """Append the correction now: the next block is denoised after it."""
@@ -860,7 +1348,14 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
 # Autoregressive first, then by what each builds on: the order of the command line's option groups and the examples.
 DECODING_STRATEGIES: dict[str, type[DecodingStrategy]] = {
     strategy.name: strategy
-    for strategy in (AutoregressiveDecoding, SelfSpeculativeDecoding, DiffusionDecoding, DiffusionVerifiedDecoding)
+    for strategy in (
+        AutoregressiveDecoding,
+        SelfSpeculativeDecoding,
+        DiffusionDecoding,
+        DiffusionVerifiedDecoding,
+        PromptLookupDecoding,
+        AssistedDecoding,
+    )
 }
 # Every option some strategy reads, once each, in registry order.
 STRATEGY_OPTIONS: tuple[StrategyOption, ...] = tuple(
