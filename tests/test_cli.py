@@ -267,12 +267,13 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, make_args, message)
 
 @pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
 def test_generation_errors_are_reported_without_traceback(capsys, stream):
-    status, out, err = run(capsys, "generate", PROMPT, "--max-new-tokens", "5000", *stream)
+    # Refused by `generate` itself, after the model has loaded.
+    status, out, err = run(capsys, "generate", PROMPT, "--do-sample", "--top-p", "0", *stream)
 
     assert status == 2
     assert out == ""
     last_line = err.strip().splitlines()[-1]
-    assert last_line.startswith("blt-diffusion: error: ") and "position limit" in last_line
+    assert last_line.startswith("blt-diffusion: error: ") and "top_p" in last_line
     assert "Traceback" not in err
 
 

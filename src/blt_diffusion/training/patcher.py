@@ -15,7 +15,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..cache_blt_diffusion import build_attention_context
-from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher, run_layers
+from ..modeling_blt_diffusion import BltDiffusionForCausalLM, BltDiffusionPatcher
 from .trainer import BltTrainer, TimeLimitCallback, check_process_group, gathered_state_dict
 
 
@@ -61,10 +61,8 @@ class PatcherLanguageModel(nn.Module):
         context = build_attention_context(
             starts, no_cache_yet, seq_length, self.patcher.config.sliding_window, buffer=None
         )
-        patcher = self.patcher
-        hidden_states = run_layers(patcher.layers, patcher.rotary_emb, patcher.embed_tokens(input_ids), context)
-        logits = patcher.lm_head(patcher.norm(hidden_states)).float()
-        loss = None if labels is None else ForCausalLMLoss(logits, labels, patcher.config.vocab_size)
+        logits = self.patcher.next_byte_logits(input_ids, context).float()
+        loss = None if labels is None else ForCausalLMLoss(logits, labels, self.patcher.config.vocab_size)
         return CausalLMOutput(loss=loss, logits=logits)
 
 

@@ -487,6 +487,10 @@ class BltDiffusionPatcher(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         """`input_ids` (batch, new) -> entropy in nats of the byte following each position (batch, new)."""
+        return categorical_entropy(self.next_byte_logits(input_ids, context))
+
+    def next_byte_logits(self, input_ids: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        """`input_ids` (batch, new) -> the patcher's logits for the byte after each position (batch, new, vocab)."""
         hidden_states = run_layers(
             "patcher",
             self.layers,
@@ -495,7 +499,7 @@ class BltDiffusionPatcher(nn.Module):
             context,
             attention_function(self.config),
         )
-        return categorical_entropy(self.lm_head(self.norm(hidden_states)))
+        return self.lm_head(self.norm(hidden_states))
 
 
 class BltDiffusionLocalEncoder(nn.Module):
