@@ -24,27 +24,15 @@ import ast
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import transformers
+from bench_diffusion import Setting
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer
 from blt_diffusion.training import pack_byte_sequences, stdlib_source_files
 from blt_diffusion.training.data import evenly_spaced_rows
-
-
-@dataclass
-class Setting:
-    """One decoding configuration and what it cost over all batches."""
-
-    label: str
-    generate_kwargs: dict
-    seconds: float = 0.0
-    new_bytes: int = 0
-    decoder_calls: int = 0
-    accepted_share: list[float] = field(default_factory=list)
-    continuations: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
