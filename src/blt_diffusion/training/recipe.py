@@ -6,7 +6,6 @@ model, so that the command line can describe `train` without the training extra.
 """
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Annotated, Any, get_type_hints
 import torch
 from transformers import BltConfig, TrainingArguments
 
+from ..configuration_blt_diffusion import BltDiffusionConfig
 from ..random_init import benchmark_blt_config, small_blt_config, tiny_blt_config
 
 
@@ -60,6 +60,14 @@ DEFAULT_PATCHER_MINUTES = 3.0
 # head (`benchmarks/probe_diffusion_head.py`, benchmarks/README.md): cells through the local encoder took the mean
 # gap to autoregressive prediction from 0.53 to 0.13 bits inside patches and from 0.27 to 0.09 at patch starts;
 # anchoring half the blocks inside patches took the first from 0.55 to 0.53.
+# The recipe options that set a BLT-D model config field, and that field.
+DIFFUSION_CONFIG_FIELDS = {
+    "mid_patch_share": "diffusion_mid_patch_share",
+    "distillation_weight": "diffusion_distillation_weight",
+    "cell_embedding": "diffusion_cell_embedding",
+    "encoder_gradient_scale": "diffusion_encoder_gradient_scale",
+    "diffusion_weight": "diffusion_loss_weight",
+}
 NEW_MODEL_DIFFUSION = {"diffusion_cell_embedding": "encoder", "diffusion_mid_patch_share": 0.5}
 # Below the main model's output directory: where the patcher's Trainer runs (it saves nothing there).
 PATCHER_OUTPUT_DIR = "patcher_trainer"
@@ -292,16 +300,24 @@ class TrainingRecipe:
                 f"`bytes_per_patch` ({self.bytes_per_patch}) cannot exceed `max_patch_length` "
                 f"({self.max_patch_length})."
             )
-        if self.distillation_weight is not None and not self.distillation_weight >= 0:
-            raise ValueError(f"`distillation_weight` must be >= 0, got {self.distillation_weight}.")
-        if self.diffusion_weight is not None and not 0 < self.diffusion_weight < math.inf:
-            raise ValueError(f"`diffusion_weight` must be a positive finite number, got {self.diffusion_weight}.")
-        if self.encoder_gradient_scale is not None and not 0 <= self.encoder_gradient_scale <= 1:
-            raise ValueError(f"`encoder_gradient_scale` must lie in [0, 1], got {self.encoder_gradient_scale}.")
-        if self.mid_patch_share is not None and not 0 <= self.mid_patch_share <= 1:
-            raise ValueError(f"`mid_patch_share` must lie in [0, 1], got {self.mid_patch_share}.")
+        self.check_diffusion_options()
         # Suffixes may be given without their dot (`--suffix txt md`).
         self.suffixes = ["." + suffix.lstrip(".") for suffix in self.suffixes]
+
+    def diffusion_options(self) -> dict[str, Any]:
+        """The `DIFFUSION_CONFIG_FIELDS` options given, as model config fields."""
+        given = {option: getattr(self, option) for option in DIFFUSION_CONFIG_FIELDS}
+        return {DIFFUSION_CONFIG_FIELDS[option]: value for option, value in given.items() if value is not None}
+
+    def check_diffusion_options(self) -> None:
+        """Check the diffusion options before any training, by the model config's own rules, naming the option."""
+        try:
+            BltDiffusionConfig(**self.diffusion_options())
+        except ValueError as error:
+            message = str(error)
+            for option, config_field in DIFFUSION_CONFIG_FIELDS.items():
+                message = message.replace(f"`{config_field}`", f"`{option}`")
+            raise ValueError(message) from None
 
     def model_config_overrides(self) -> dict[str, Any]:
         """The model config fields that the recipe sets: on a checkpoint those given, on a new model also
@@ -309,17 +325,7 @@ class TrainingRecipe:
         overrides = {"diffusion_block_size": self.block_size}
         if self.init_from is None:
             overrides |= NEW_MODEL_DIFFUSION
-        if self.mid_patch_share is not None:
-            overrides["diffusion_mid_patch_share"] = self.mid_patch_share
-        if self.distillation_weight is not None:
-            overrides["diffusion_distillation_weight"] = self.distillation_weight
-        if self.cell_embedding is not None:
-            overrides["diffusion_cell_embedding"] = self.cell_embedding
-        if self.encoder_gradient_scale is not None:
-            overrides["diffusion_encoder_gradient_scale"] = self.encoder_gradient_scale
-        if self.diffusion_weight is not None:
-            overrides["diffusion_loss_weight"] = self.diffusion_weight
-        return overrides
+        return overrides | self.diffusion_options()
 
     @property
     def new_model_size(self) -> str | None:
