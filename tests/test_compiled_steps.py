@@ -1,0 +1,110 @@
+"""Compiled single-byte decoding steps: `generate(..., compile_config=CompileConfig(...))`.
+
+Most tests compile with dynamo's "eager" backend: it traces each stack's step into one graph (`fullgraph=True`)
+through the same fixed-shape attention and real-arithmetic rotations that inductor compiles, and runs the graph
+with PyTorch's kernels, at a small share of inductor's compile time. One test compiles with inductor, as users do.
+"""
+
+import logging
+
+import pytest
+import torch
+from conftest import assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
+from transformers import CompileConfig
+
+from blt_diffusion.compiled_steps_blt_diffusion import capacity_for_compiled_steps, compiled_steps_for
+
+TRACED = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return build_pair(seed=0)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return spread_prompts(3)
+
+
+def test_compiled_steps_give_stock_bytes(pair, rows):
+    stock, ours = pair
+    # Stock one row at a time: its batched output changes with padding.
+    expected = torch.cat(
+        [
+            stock.generate(row, max_new_tokens=40, min_new_tokens=40, do_sample=False, use_cache=False)[:, -40:]
+            for row in rows
+        ]
+    )
+    _, actual = generate_new_bytes(ours, rows, new_bytes=40, compile_config=TRACED)
+    assert_same_greedy_bytes(ours, rows, expected, actual, max_ties=0)
+    steps = compiled_steps_for(ours, TRACED)
+    assert steps.unavailable is None
+    assert {type(stack).__name__ for stack in steps.stacks} == {
+        "BltDiffusionPatcher",
+        "BltDiffusionLocalEncoder",
+        "BltDiffusionGlobalTransformer",
+        "BltDiffusionLocalDecoder",
+    }
+
+
+def test_compiled_self_speculative_decoding_stays_lossless(pair, rows):
+    _, ours = pair
+    _, expected = generate_new_bytes(ours, rows, new_bytes=64)
+    output, actual = generate_new_bytes(
+        ours, rows, new_bytes=64, decoding="self_speculative", draft_length=8, compile_config=TRACED
+    )
+    assert_same_greedy_bytes(ours, rows, expected, actual)
+    assert float(output.acceptance_rate.mean()) > 0
+
+
+def test_compiled_block_diffusion_writes_the_uncompiled_bytes(diffusion_model, rows):
+    options = {"decoding": "diffusion", "block_size": 8, "confidence_threshold": 0.5}
+    _, expected = generate_new_bytes(diffusion_model, rows, new_bytes=32, **options)
+    _, actual = generate_new_bytes(diffusion_model, rows, new_bytes=32, compile_config=TRACED, **options)
+    assert torch.equal(actual, expected)
+
+
+def test_inductor_compiles_the_steps(pair, rows):
+    _, ours = pair
+    config = CompileConfig()
+    _, expected = generate_new_bytes(ours, rows[:1], new_bytes=16)
+    _, actual = generate_new_bytes(ours, rows[:1], new_bytes=16, compile_config=config)
+    assert_same_greedy_bytes(ours, rows[:1], expected, actual, max_ties=0)
+    assert compiled_steps_for(ours, config).unavailable is None
+
+
+def refusing_backend(graph_module, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+def test_generation_falls_back_when_compiling_fails(pair, rows, caplog):
+    _, ours = pair
+    config = CompileConfig(backend=refusing_backend)
+    _, expected = generate_new_bytes(ours, rows, new_bytes=24)
+    with caplog.at_level(logging.WARNING):
+        _, actual = generate_new_bytes(ours, rows, new_bytes=24, compile_config=config)
+        _, again = generate_new_bytes(ours, rows, new_bytes=24, compile_config=config)
+    assert torch.equal(actual, expected) and torch.equal(again, expected)
+    warnings = [record for record in caplog.records if "could not be compiled" in record.getMessage()]
+    assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()
+
+
+def test_disable_compile_wins_over_a_compile_config(pair, rows, caplog):
+    _, ours = pair
+    config = CompileConfig(backend=refusing_backend, fullgraph=True)
+    with caplog.at_level(logging.WARNING):
+        generate_new_bytes(ours, rows[:1], new_bytes=8, compile_config=config, disable_compile=True)
+    assert not [record for record in caplog.records if "could not be compiled" in record.getMessage()]
+
+
+def test_an_unknown_backend_is_refused_before_generating(pair):
+    _, ours = pair
+    batch, _ = left_pad(spread_prompts(1))
+    with pytest.raises(ValueError, match="compile_config.backend='no-such-backend'"):
+        ours.generate(batch, max_new_tokens=4, compile_config=CompileConfig(backend="no-such-backend"))
+
+
+@pytest.mark.parametrize("capacity, rounded", [(1, 256), (256, 256), (257, 512), (1000, 1024)])
+def test_compiled_caches_round_capacity_to_share_graphs(capacity, rounded):
+    assert capacity_for_compiled_steps(capacity) == rounded
