@@ -29,11 +29,14 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import CompileConfig
 
 from blt_diffusion import BltDiffusionForCausalLM
 from blt_diffusion.modelcard_blt_diffusion import PYTHON_STDLIB, DecodingBenchmark, DecodingResult
 from blt_diffusion.training import heldout_bits_per_byte, pack_byte_sequences, stdlib_source_files
 from blt_diffusion.training.data import evenly_spaced_rows
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Setting:
 
     label: str
     generate_kwargs: dict
+    compile_config: CompileConfig | None = None
+    warm_up_seconds: float | None = None
     seconds: float = 0.0
     new_bytes: int = 0
     decoder_calls: int = 0
@@ -117,6 +122,46 @@ def chrf(hypothesis: str, reference: str, max_order: int = 6, beta: float = 2.0)
     return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
 
 
+def compiled_settings(settings: list[Setting]) -> list[Setting]:
+    """Each setting again with its single-byte steps compiled (`compile_config=CompileConfig()`)."""
+    return [
+        Setting(f"{setting.label} compiled", setting.generate_kwargs, compile_config=CompileConfig())
+        for setting in settings
+    ]
+
+
+def generate_kwargs(setting: Setting) -> dict:
+    """The `generate` arguments of `setting`."""
+    if setting.compile_config is None:
+        return setting.generate_kwargs
+    return {**setting.generate_kwargs, "compile_config": setting.compile_config}
+
+
+def reported_options(setting: Setting) -> dict:
+    """`setting`'s `generate` arguments as JSON can hold them."""
+    if setting.compile_config is None:
+        return setting.generate_kwargs
+    return {**setting.generate_kwargs, "compile_config": setting.compile_config.to_dict()}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it times the work (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up_compiled(model, prompt: torch.Tensor, settings: list[Setting], new_bytes: int) -> None:
+    """Generate once with every compiled setting, recording how long its first call takes: compiling every stack
+    for this batch size and cache capacity, then generating."""
+    for setting in settings:
+        if setting.compile_config is not None:
+            start = time.perf_counter()
+            run_setting(
+                model, prompt, Setting(setting.label, setting.generate_kwargs, setting.compile_config), new_bytes
+            )
+            setting.warm_up_seconds = time.perf_counter() - start
+
+
 def decode_bytes(ids: list[int]) -> str:
     return bytes(token - 4 for token in ids if token >= 4).decode("utf-8", errors="replace")
 
@@ -131,8 +176,9 @@ def run_setting(model, prompts: torch.Tensor, setting: Setting, new_bytes: int) 
         min_new_tokens=new_bytes,
         do_sample=False,
         return_dict_in_generate=True,
-        **setting.generate_kwargs,
+        **generate_kwargs(setting),
     )
+    synchronize(prompts.device)
     setting.seconds += time.perf_counter() - start
     for continuation in output.sequences[:, prompts.shape[1] :].tolist():
         setting.continuations.append(continuation)
@@ -158,7 +204,7 @@ def figures(setting: Setting, reference: Setting) -> DecodingResult:
     speed = setting.new_bytes / setting.seconds
     return DecodingResult(
         label=setting.label,
-        options=setting.generate_kwargs,
+        options=reported_options(setting),
         decoder_calls_per_byte=setting.decoder_calls / setting.new_bytes,
         global_calls_per_byte=setting.global_calls / setting.new_bytes,
         bandwidth_vs_autoregressive=setting.bandwidth_gb / reference.bandwidth_gb,
@@ -168,6 +214,16 @@ def figures(setting: Setting, reference: Setting) -> DecodingResult:
         chrf=sum(chrf(decode_bytes(ours), decode_bytes(theirs)) for ours, theirs in pairs) / len(pairs),
         acceptance_rate=sum(setting.accepted_share) / len(setting.accepted_share) if setting.accepted_share else None,
     )
+
+
+def warm_up_report(settings: list[Setting]) -> list[str]:
+    """The first call of every compiled setting, which compiles its steps, as lines of markdown."""
+    compiled = [setting for setting in settings if setting.warm_up_seconds is not None]
+    if not compiled:
+        return []
+    lines = ["First call of each compiled setting (compiling its steps, then generating):", ""]
+    lines += [f"- {setting.label}: {setting.warm_up_seconds:.1f} s" for setting in compiled]
+    return lines + [""]
 
 
 def report(results: list[DecodingResult]) -> str:
@@ -193,9 +249,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--prompt-bytes", type=int, default=128)
     parser.add_argument("--new-bytes", type=int, default=128)
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--confidence-thresholds", type=float, nargs="+", default=[0.5, 0.7])
-    parser.add_argument("--entropy-bounds", type=float, nargs="+", default=[0.8, 1.0])
+    parser.add_argument(
+        "--block-sizes", type=int, nargs="*", default=[4, 8, 16], help="BLT-D block sizes (none: skip)"
+    )
+    parser.add_argument("--confidence-thresholds", type=float, nargs="*", default=[0.5, 0.7])
+    parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.8, 1.0])
     parser.add_argument(
         "--draft-lengths", type=int, nargs="*", default=[4, 8, 16], help="BLT-S draft lengths (none: skip BLT-S)"
     )
@@ -204,6 +262,11 @@ def main() -> None:
     )
     parser.add_argument("--eval-rows", type=int, default=64, help="held-out rows (256 bytes) for bits per byte")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--compile", action="store_true", help="also run every setting with its single-byte steps compiled"
+    )
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="the model's weights and states")
     parser.add_argument(
         "--json",
         type=Path,
@@ -214,19 +277,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = BltDiffusionForCausalLM.from_pretrained(args.model).eval()
+    device = torch.device(args.device)
+    model = BltDiffusionForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(device).eval()
     heldout_files = stdlib_source_files("heldout")
     prompt_rows = pack_byte_sequences(heldout_files, args.prompt_bytes).with_format("torch")
-    prompts = prompt_rows.select(evenly_spaced_rows(len(prompt_rows), args.prompts))[:]["input_ids"]
+    prompts = prompt_rows.select(evenly_spaced_rows(len(prompt_rows), args.prompts))[:]["input_ids"].to(device)
     eval_rows = pack_byte_sequences(heldout_files, 256)
     settings = decoding_settings(args.block_sizes, args.confidence_thresholds, args.entropy_bounds)
     settings += speculative_settings(args.draft_lengths, args.verified_block_sizes)
+    if args.compile:
+        settings += compiled_settings(settings)
     bits = {"BLT-D (this model)": heldout_bits_per_byte(model, eval_rows, max_rows=args.eval_rows)}
     if args.baseline:
         baseline = BltDiffusionForCausalLM.from_pretrained(args.baseline).eval()
         bits["plain BLT (baseline)"] = heldout_bits_per_byte(baseline, eval_rows, max_rows=args.eval_rows)
 
     with torch.no_grad():
+        warm_up_compiled(model, prompts[:1], settings, args.new_bytes)
         run_settings(model, prompts, settings, args.new_bytes)
 
     config = model.config
@@ -236,8 +303,8 @@ def main() -> None:
         f"{config.max_patch_length}"
     )
     print(
-        f"Machine: {platform.machine()}, torch {torch.__version__} with {args.threads} thread(s), transformers "
-        f"{transformers.__version__}, Python {platform.python_version()}"
+        f"Machine: {platform.machine()}, {args.device} in {args.dtype}, torch {torch.__version__} with "
+        f"{args.threads} thread(s), transformers {transformers.__version__}, Python {platform.python_version()}"
     )
     print()
     print(f"Held-out bits per byte ({args.eval_rows} rows of 256 bytes, autoregressive loss):")
@@ -255,12 +322,13 @@ def main() -> None:
     results = [figures(setting, settings[0]) for setting in settings]
     print(report(results))
     print()
+    print("\n".join(warm_up_report(settings)))
     print(f"Total generation time: {sum(setting.seconds for setting in settings):.0f} s")
     if args.json is not None:
         benchmark = DecodingBenchmark(
             setup=f"Greedy generation of {args.new_bytes} bytes after each of {len(prompts)} held-out "
-            f"{args.prompt_bytes}-byte prompts, batch 1, {args.threads} CPU thread(s), every setting side by side in "
-            f"one process ({platform.machine()}, torch {torch.__version__}).",
+            f"{args.prompt_bytes}-byte prompts, batch 1, {args.device} in {args.dtype} with {args.threads} CPU "
+            f"thread(s), every setting side by side in one process ({platform.machine()}, torch {torch.__version__}).",
             command="python benchmarks/bench_diffusion.py " + shlex.join(sys.argv[1:]),
             data="the held-out modules of the Python standard library",
             dataset_type=PYTHON_STDLIB,

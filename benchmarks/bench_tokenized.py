@@ -37,11 +37,20 @@ from pathlib import Path
 
 import torch
 import transformers
-from bench_diffusion import Setting, decode_bytes, figures, run_setting
+from bench_diffusion import (
+    DTYPES,
+    Setting,
+    compiled_settings,
+    decode_bytes,
+    figures,
+    run_setting,
+    synchronize,
+    warm_up_compiled,
+)
 from bench_generation import CALIBRATION_SLICE, SEED, source_ids
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM, BltDiffusionTokenizer, load_default_model
 from blt_diffusion.random_init import benchmark_blt_config, calibrate_random_model
@@ -53,6 +62,7 @@ WARM_UP_BYTES = 8
 SIZES = ("shipped", "40M")
 BLOCK_SIZE = 8  # the shipped model's; the 40M model is built with it too
 LLAMA_LABEL = "Llama + BPE (static cache)"
+COMPILED_LLAMA_LABEL = "Llama + BPE (static cache, compiled)"
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,21 @@ LLAMA_SHAPES = {"shipped": LlamaShape(256, 10, 4), "40M": LlamaShape(512, 10, 8)
 class LlamaContender:
     """The token-level model and what it cost over all prompts."""
 
+    label: str
     model: LlamaForCausalLM
     new_tokens: int
+    compile_config: CompileConfig | None = None
+    warm_up_seconds: float | None = None
     seconds: float = 0.0
     generated_tokens: int = 0
+
+
+def compiled_llama_config() -> CompileConfig:
+    """transformers' default compile config, made to compile on a CPU too: transformers compiles `generate`'s
+    forward passes with a static cache only on accelerators unless the config says so (a private flag, as of 5.x)."""
+    config = CompileConfig()
+    config._compile_all_devices = True
+    return config
 
 
 @dataclass
@@ -107,6 +128,8 @@ class SizeResult:
     llama_parameters: int
     llama_lookup_parameters: int
     rows_by_batch_size: dict[int, list[ThroughputRow]] = field(default_factory=dict)
+    # Per batch size, the first call of each compiled contender: compiling, then generating.
+    warm_up_seconds: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -240,8 +263,9 @@ def llama_inputs(tokenizer: Tokenizer, byte_prompts: torch.Tensor, pad_id: int) 
     """The same prompts as BPE tokens, left-padded to one length, with their attention mask."""
     encoded = [tokenizer.encode(decode_bytes(row.tolist())).ids for row in byte_prompts]
     length = max(len(ids) for ids in encoded)
-    input_ids = torch.tensor([[pad_id] * (length - len(ids)) + ids for ids in encoded])
-    attention_mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in encoded])
+    device = byte_prompts.device
+    input_ids = torch.tensor([[pad_id] * (length - len(ids)) + ids for ids in encoded], device=device)
+    attention_mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
@@ -254,46 +278,68 @@ def run_llama(llama: LlamaContender, inputs: dict[str, torch.Tensor], new_tokens
         min_new_tokens=new_tokens,
         do_sample=False,
         cache_implementation="static",
+        compile_config=llama.compile_config,
     )
+    synchronize(output.device)
     elapsed = time.perf_counter() - start
     assert output.shape[1] == inputs["input_ids"].shape[1] + new_tokens
     return elapsed
 
 
 def warm_up(
-    blt: BltDiffusionForCausalLM, settings: list[Setting], llama: LlamaContender, prompts: torch.Tensor, inputs: dict
+    blt: BltDiffusionForCausalLM,
+    settings: list[Setting],
+    llamas: list[LlamaContender],
+    batches: list[torch.Tensor],
+    batch_inputs: list[dict],
+    new_bytes: int,
 ) -> None:
-    """One short generation of every contender, so that no timed run pays first-call costs (allocations, the
-    static cache's creation)."""
+    """Generate with every contender before timing, so that no timed run pays first-call costs (allocations, the
+    static cache's creation, compiling). Uncompiled contenders write a few bytes after the first batch; compiled ones
+    write in full after every batch, since each new shape compiles again (our cache capacity is rounded up, so our
+    graphs serve every batch of a size; the Llama's static cache is as long as each prompt needs). The first call of
+    each compiled contender is timed."""
     for setting in settings:
-        run_setting(blt, prompts, Setting(setting.label, setting.generate_kwargs), WARM_UP_BYTES)
-    run_llama(llama, inputs, new_tokens=2)
+        if setting.compile_config is None:
+            run_setting(blt, batches[0], Setting(setting.label, setting.generate_kwargs), WARM_UP_BYTES)
+    for prompts in batches:
+        warm_up_compiled(blt, prompts, settings, new_bytes)
+    for llama in llamas:
+        if llama.compile_config is None:
+            run_llama(llama, batch_inputs[0], new_tokens=2)
+            continue
+        seconds = [run_llama(llama, inputs, llama.new_tokens) for inputs in batch_inputs]
+        llama.warm_up_seconds = seconds[0]
 
 
 def run_batches(
     blt: BltDiffusionForCausalLM,
     settings: list[Setting],
-    llama: LlamaContender,
+    llamas: list[LlamaContender],
     batches: list[torch.Tensor],
     tokenizer: Tokenizer,
     new_bytes: int,
 ) -> None:
     """Every contender on every batch of prompts, interleaved batch by batch, accumulating their costs."""
-    pad_id = llama.model.config.pad_token_id
-    warm_up(blt, settings, llama, batches[0], llama_inputs(tokenizer, batches[0], pad_id))
-    for index, prompts in enumerate(batches):
+    pad_id = llamas[0].model.config.pad_token_id
+    batch_inputs = [llama_inputs(tokenizer, prompts, pad_id) for prompts in batches]
+    warm_up(blt, settings, llamas, batches, batch_inputs, new_bytes)
+    for index, (prompts, inputs) in enumerate(zip(batches, batch_inputs, strict=True)):
         for setting in settings:
             run_setting(blt, prompts, setting, new_bytes)
-        llama.seconds += run_llama(llama, llama_inputs(tokenizer, prompts, pad_id), llama.new_tokens)
-        llama.generated_tokens += llama.new_tokens * len(prompts)
+        for llama in llamas:
+            llama.seconds += run_llama(llama, inputs, llama.new_tokens)
+            llama.generated_tokens += llama.new_tokens * len(prompts)
         log(f"  batch {index + 1}/{len(batches)} of {len(prompts)} done")
 
 
 def throughput_rows(
-    settings: list[Setting], llama: LlamaContender, heldout_bytes_per_token: float
+    settings: list[Setting], llamas: list[LlamaContender], heldout_bytes_per_token: float
 ) -> list[ThroughputRow]:
-    """Our settings' figures, then the Llama's, each with its speed relative to the Llama and to our AR."""
-    llama_speed = llama.generated_tokens * heldout_bytes_per_token / llama.seconds
+    """Our settings' figures, then the Llamas', each with its speed relative to the first (uncompiled) Llama and to
+    our AR."""
+    llama_speeds = [llama.generated_tokens * heldout_bytes_per_token / llama.seconds for llama in llamas]
+    llama_speed = llama_speeds[0]
     results = [figures(setting, settings[0]) for setting in settings]
     autoregressive_speed = results[0].bytes_per_second
     rows = [
@@ -310,18 +356,19 @@ def throughput_rows(
         )
         for setting, result in zip(settings, results, strict=True)
     ]
-    loaded = parameter_count(llama.model) - lookup_parameter_count(llama.model)
-    rows.append(
-        ThroughputRow(
-            label=LLAMA_LABEL,
-            bytes_per_second=llama_speed,
-            speed_vs_llama=1.0,
-            speed_vs_autoregressive=llama_speed / autoregressive_speed,
-            # Eq. 8's 2 bytes per parameter, every loaded parameter once per token.
-            traffic_mb_per_byte=2 * loaded / 1e6 / heldout_bytes_per_token,
-            forward_passes_per_byte=1 / heldout_bytes_per_token,
+    for llama, speed in zip(llamas, llama_speeds, strict=True):
+        loaded = parameter_count(llama.model) - lookup_parameter_count(llama.model)
+        rows.append(
+            ThroughputRow(
+                label=llama.label,
+                bytes_per_second=speed,
+                speed_vs_llama=speed / llama_speed,
+                speed_vs_autoregressive=speed / autoregressive_speed,
+                # Eq. 8's 2 bytes per parameter, every loaded parameter once per token.
+                traffic_mb_per_byte=2 * loaded / 1e6 / heldout_bytes_per_token,
+                forward_passes_per_byte=1 / heldout_bytes_per_token,
+            )
         )
-    )
     return rows
 
 
@@ -334,11 +381,13 @@ def measure_size(
         if name == "shipped"
         else (random_40m_blt(), "`benchmark_blt_config()` with block size 8, random weights, calibrated")
     )
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    blt = blt.to(device, dtype)
     blt_parameters = parameter_count(blt)
     pad_id = tokenizer.token_to_id(END_OF_TEXT)
     llama_config = matched_llama_config(LLAMA_SHAPES[name], blt_parameters, tokenizer.get_vocab_size(), pad_id)
     torch.manual_seed(SEED)
-    llama_model = LlamaForCausalLM(llama_config).eval()
+    llama_model = LlamaForCausalLM(llama_config).eval().to(device, dtype)
     result = SizeResult(
         name=name,
         blt=blt_description,
@@ -352,11 +401,19 @@ def measure_size(
     for batch_size in args.batch_sizes:
         log(f"{name}, batch {batch_size}:")
         settings = blt_settings(args.draft_lengths, args.confidence_thresholds, args.verified)
-        llama = LlamaContender(llama_model, new_tokens)
-        batches = list(torch.split(prompts[: len(prompts) // batch_size * batch_size], batch_size))
+        llamas = [LlamaContender(LLAMA_LABEL, llama_model, new_tokens)]
+        if args.compile:
+            settings += compiled_settings(settings)
+            llamas.append(LlamaContender(COMPILED_LLAMA_LABEL, llama_model, new_tokens, compiled_llama_config()))
+        batches = list(torch.split(prompts[: len(prompts) // batch_size * batch_size].to(device), batch_size))
         with torch.no_grad():
-            run_batches(blt, settings, llama, batches, tokenizer, args.new_bytes)
-        result.rows_by_batch_size[batch_size] = throughput_rows(settings, llama, heldout_bytes_per_token)
+            run_batches(blt, settings, llamas, batches, tokenizer, args.new_bytes)
+        result.rows_by_batch_size[batch_size] = throughput_rows(settings, llamas, heldout_bytes_per_token)
+        result.warm_up_seconds[batch_size] = {
+            contender.label: contender.warm_up_seconds
+            for contender in [*settings, *llamas]
+            if contender.warm_up_seconds is not None
+        }
     return result
 
 
@@ -412,6 +469,10 @@ def report(benchmark: TokenizedBenchmark) -> str:
             "",
             *size_table(size),
         ]
+        for batch_size, seconds in size.warm_up_seconds.items():
+            if seconds:
+                first_calls = ", ".join(f"{label} {value:.1f} s" for label, value in seconds.items())
+                lines += ["", f"First call of the compiled contenders at batch {batch_size}: {first_calls}"]
     return "\n".join(lines) + "\n"
 
 
@@ -428,6 +489,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/tokenized-baseline"), help="tokenizer cache")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--compile", action="store_true", help="also run every contender compiled (ours: its single-byte steps)"
+    )
+    parser.add_argument("--device", default="cpu", help="where the models run (cpu, cuda, ...)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="the models' weights and states")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE")
     return parser.parse_args()
 
@@ -443,8 +509,9 @@ def main() -> None:
     sizes = [measure_size(name, args, tokenizer, heldout_bytes_per_token, prompts) for name in args.sizes]
     benchmark = TokenizedBenchmark(
         command="python benchmarks/bench_tokenized.py " + shlex.join(sys.argv[1:]),
-        machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} with {args.threads} "
-        f"thread(s), transformers {transformers.__version__}, Python {platform.python_version()}",
+        machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.device} in {args.dtype}, torch "
+        f"{torch.__version__} with {args.threads} thread(s), transformers {transformers.__version__}, Python "
+        f"{platform.python_version()}",
         threads=args.threads,
         load_average=(load_before, os.getloadavg()[0]),
         vocab_size=tokenizer.get_vocab_size(),

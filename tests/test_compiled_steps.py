@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from conftest import assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
+from conftest import PARITY_CONFIGS, assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
 from transformers import CompileConfig
 
 from blt_diffusion.compiled_steps_blt_diffusion import capacity_for_compiled_steps, compiled_steps_for
@@ -17,8 +17,15 @@ from blt_diffusion.compiled_steps_blt_diffusion import capacity_for_compiled_ste
 TRACED = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
 
 
+@pytest.fixture(scope="module", params=["default", "max_patch_6_projection_small_windows"])
+def pair(request):
+    """The default tiny config, and one with `max_patch_length` (a byte that closes its patch is decoded again by the
+    next step: two queries) and sliding windows shorter than the generation."""
+    return build_pair(**PARITY_CONFIGS.get(request.param, {"seed": 0}))
+
+
 @pytest.fixture(scope="module")
-def pair():
+def default_pair():
     return build_pair(seed=0)
 
 
@@ -65,8 +72,8 @@ def test_compiled_block_diffusion_writes_the_uncompiled_bytes(diffusion_model, r
     assert torch.equal(actual, expected)
 
 
-def test_inductor_compiles_the_steps(pair, rows):
-    _, ours = pair
+def test_inductor_compiles_the_steps(default_pair, rows):
+    _, ours = default_pair
     config = CompileConfig()
     _, expected = generate_new_bytes(ours, rows[:1], new_bytes=16)
     _, actual = generate_new_bytes(ours, rows[:1], new_bytes=16, compile_config=config)
@@ -78,8 +85,8 @@ def refusing_backend(graph_module, example_inputs):
     raise RuntimeError("no compiler here")
 
 
-def test_generation_falls_back_when_compiling_fails(pair, rows, caplog):
-    _, ours = pair
+def test_generation_falls_back_when_compiling_fails(default_pair, rows, caplog):
+    _, ours = default_pair
     config = CompileConfig(backend=refusing_backend)
     _, expected = generate_new_bytes(ours, rows, new_bytes=24)
     with caplog.at_level(logging.WARNING):
@@ -90,16 +97,16 @@ def test_generation_falls_back_when_compiling_fails(pair, rows, caplog):
     assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()
 
 
-def test_disable_compile_wins_over_a_compile_config(pair, rows, caplog):
-    _, ours = pair
+def test_disable_compile_wins_over_a_compile_config(default_pair, rows, caplog):
+    _, ours = default_pair
     config = CompileConfig(backend=refusing_backend, fullgraph=True)
     with caplog.at_level(logging.WARNING):
         generate_new_bytes(ours, rows[:1], new_bytes=8, compile_config=config, disable_compile=True)
     assert not [record for record in caplog.records if "could not be compiled" in record.getMessage()]
 
 
-def test_an_unknown_backend_is_refused_before_generating(pair):
-    _, ours = pair
+def test_an_unknown_backend_is_refused_before_generating(default_pair):
+    _, ours = default_pair
     batch, _ = left_pad(spread_prompts(1))
     with pytest.raises(ValueError, match="compile_config.backend='no-such-backend'"):
         ours.generate(batch, max_new_tokens=4, compile_config=CompileConfig(backend="no-such-backend"))

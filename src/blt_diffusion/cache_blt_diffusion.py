@@ -207,21 +207,21 @@ def build_attention_context(
 
 
 def build_step_attention_context(
-    starts: torch.Tensor, ends: torch.Tensor, sliding_window: int | None, buffer: KeyValueBuffer
+    starts: torch.Tensor, ends: torch.Tensor, num_new: int, sliding_window: int | None, buffer: KeyValueBuffer
 ) -> AttentionContext:
-    """Context for one new token per row at slot `ends` (batch,) whose shapes never change from step to step, as a
-    compiled step needs (see `compiled_steps_blt_diffusion.py`): the query reads its buffer's whole capacity under
-    a mask, the visibility rule of `build_attention_context`, and writes its keys at `write_slots`. Nothing here
-    reads a tensor's value on the host."""
+    """`build_attention_context` in a form whose shapes never change from step to step, as a compiled step needs
+    (see `compiled_steps_blt_diffusion.py`): the `num_new` queries after `ends` (batch,) read their buffer's whole
+    capacity under a mask, the same visibility rule, and write their keys at `write_slots`. Nothing here reads a
+    tensor's value on the host."""
     key_slots = torch.arange(buffer.capacity, device=ends.device)
-    query_slots = ends[:, None]
-    allowed = (key_slots >= starts[:, None]) & (key_slots <= query_slots)
+    query_slots = ends[:, None] + torch.arange(num_new, device=ends.device)
+    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
     if sliding_window is not None:
-        allowed &= key_slots > query_slots - sliding_window
-    allowed |= key_slots == query_slots
+        allowed &= key_slots > query_slots[..., None] - sliding_window
+    allowed |= key_slots == query_slots[..., None]
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
-        mask=allowed[:, None, None],
+        mask=allowed[:, None],
         buffer=buffer,
         write_slots=query_slots,
         key_start=0,

@@ -763,7 +763,7 @@ def stack_context(
 ) -> AttentionContext:
     """`build_attention_context`, or its fixed-shape form for one position when compiled `steps` run the stack."""
     if steps is not None:
-        return build_step_attention_context(starts, ends, sliding_window, buffer)
+        return build_step_attention_context(starts, ends, num_new, sliding_window, buffer)
     return build_attention_context(starts, ends, num_new, sliding_window, buffer)
 
 
@@ -1740,10 +1740,10 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
             twins = FrontierTwins.build(cache, encoded)
         if twins is None:
-            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1])
+            # One new byte, and maybe the previous one again: the compiled steps ran the encoder, and the decoder too.
+            steps = step_runner(cache, num_new)
+            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1], steps)
             gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
-            # With one query, the context is the encoder's, in fixed-shape form when compiled steps ran the encoder.
-            steps = step_runner(cache, byte_states.shape[1])
             decoder_states = run_stack(steps, self.local_decoder, byte_states, gathered, decoder_context)[:, -num_new:]
         else:
             decoder_states = self._decode_with_twins(
@@ -1754,15 +1754,21 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         return decoder_states
 
     def _decoder_context(
-        self, cache: BltDiffusionCache | None, encoded: EncodedBytes, decoder_start: torch.Tensor, num_queries: int
+        self,
+        cache: BltDiffusionCache | None,
+        encoded: EncodedBytes,
+        decoder_start: torch.Tensor,
+        num_queries: int,
+        steps: CompiledDecodingSteps | None,
     ) -> AttentionContext:
-        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on."""
+        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on, in
+        fixed-shape form when compiled `steps` run the decoder."""
         buffer = cache.decoder if cache is not None else None
         if num_queries == encoded.byte_states.shape[1]:
-            # Exactly the encoder's bytes, positions and window: only the buffer differs.
+            # Exactly the encoder's bytes, positions and window (and form): only the buffer differs.
             return replace(encoded.byte_context, buffer=buffer)
-        return build_attention_context(
-            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer
+        return stack_context(
+            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer, steps
         )
 
     def _decode_with_twins(
