@@ -150,16 +150,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def warm_up_compiled(model, prompt: torch.Tensor, settings: list[Setting], new_bytes: int) -> None:
-    """Generate once with every compiled setting, recording how long its first call takes: compiling every stack
-    for this batch size and cache capacity, then generating."""
+def warm_up_compiled(model, prompts: torch.Tensor, settings: list[Setting], new_bytes: int) -> None:
+    """Generate once with every compiled setting, so that the timed runs find their steps compiled for this batch
+    size and cache capacity; a setting's first such call (compiling, then generating) is recorded."""
     for setting in settings:
         if setting.compile_config is not None:
             start = time.perf_counter()
-            run_setting(
-                model, prompt, Setting(setting.label, setting.generate_kwargs, setting.compile_config), new_bytes
-            )
-            setting.warm_up_seconds = time.perf_counter() - start
+            warm_up = Setting(setting.label, setting.generate_kwargs, setting.compile_config)
+            run_setting(model, prompts, warm_up, new_bytes)
+            if setting.warm_up_seconds is None:
+                setting.warm_up_seconds = time.perf_counter() - start
 
 
 def decode_bytes(ids: list[int]) -> str:
