@@ -28,7 +28,7 @@ from conftest import (
     text_ids,
 )
 from huggingface_hub import ModelCard
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig, HfArgumentParser, TrainingArguments
 
 from blt_diffusion import BltDiffusionForCausalLM, BltDiffusionTokenizer, cli
 from blt_diffusion.modelcard_blt_diffusion import REPO_ID_PLACEHOLDER
@@ -128,6 +128,14 @@ def test_the_plain_command_writes_text_not_just_whitespace(capsys):
         continuation = out[len(prompt) :]
         assert status == 0 and out.startswith(prompt)
         assert sum(not character.isspace() for character in continuation) >= 20, continuation
+
+
+def test_compile_asks_generate_for_compiled_steps():
+    def kwargs(*options):
+        return cli.generation_kwargs(cli.build_parser().parse_args(["generate", PROMPT, *options]))
+
+    assert isinstance(kwargs("--compile")["compile_config"], CompileConfig)
+    assert "compile_config" not in kwargs()
 
 
 def test_stats(capsys):

@@ -16,6 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from .block_diffusion_blt_diffusion import BlockDiffusionLayout
+    from .compiled_steps_blt_diffusion import CompiledDecodingSteps
     from .configuration_blt_diffusion import BltDiffusionConfig
 
 
@@ -205,6 +206,29 @@ def build_attention_context(
     )
 
 
+def build_step_attention_context(
+    starts: torch.Tensor, ends: torch.Tensor, num_new: int, sliding_window: int | None, buffer: KeyValueBuffer
+) -> AttentionContext:
+    """`build_attention_context` in a form whose shapes never change from step to step, as a compiled step needs
+    (see `compiled_steps_blt_diffusion.py`): the `num_new` queries after `ends` (batch,) read their buffer's whole
+    capacity under a mask, the same visibility rule, and write their keys at `write_slots`. Nothing here reads a
+    tensor's value on the host."""
+    key_slots = torch.arange(buffer.capacity, device=ends.device)
+    query_slots = ends[:, None] + torch.arange(num_new, device=ends.device)
+    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
+    if sliding_window is not None:
+        allowed &= key_slots > query_slots[..., None] - sliding_window
+    allowed |= key_slots == query_slots[..., None]
+    return AttentionContext(
+        position_ids=(query_slots - starts[:, None]).clamp(min=0),
+        mask=allowed[:, None],
+        buffer=buffer,
+        write_slots=query_slots,
+        key_start=0,
+        key_end=buffer.capacity,
+    )
+
+
 def build_query_attention_context(
     starts: torch.Tensor,
     query_slots: torch.Tensor,
@@ -338,6 +362,8 @@ class BltDiffusionCache:
             batch_size, capacity, config.encoder_config.hidden_size, dtype=dtype, device=device
         )
         self.ends_patch = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+        # Set by `generate` for its single-byte steps when asked to compile them (`compile_config`).
+        self.compiled_steps: CompiledDecodingSteps | None = None
 
     @property
     def starts(self) -> torch.Tensor:

@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_blt_diffusion import BltDiffusionCache, RightToLeftPadding
+from .compiled_steps_blt_diffusion import check_compile_config, compiled_steps_for, compiles_steps
 from .strategies_blt_diffusion import (
     BLOCK_SIZE,
     CONFIDENCE_THRESHOLD,
@@ -371,6 +372,8 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if unexpected:
             raise ValueError(f"`generate` got unexpected keyword arguments {sorted(unexpected)}.")
         generation_config.validate()
+        if compiles_steps(generation_config):
+            check_compile_config(generation_config.compile_config)
         self._check_token_ids(generation_config)
         attention_mask = model_kwargs.get("attention_mask")
         input_ids, attention_mask = self._prepare_prompt(input_ids, attention_mask, generation_config)
@@ -402,12 +405,18 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if streamer is not None:
             streamer.put(prompts.cpu())
         if not state.done:
-            while True:
-                proposed = strategy.next_tokens(state)
-                taken = state.commit(proposed.tokens, proposed.counts, proposed.scores, proposed.logits)
-                if state.done:
-                    break
-                strategy.feed(state, proposed.tokens, taken)
+            if compiles_steps(generation_config):
+                # The prompt was read uncompiled: its length is a shape of its own, read once.
+                strategy.cache.compiled_steps = compiled_steps_for(self, generation_config.compile_config)
+            try:
+                while True:
+                    proposed = strategy.next_tokens(state)
+                    taken = state.commit(proposed.tokens, proposed.counts, proposed.scores, proposed.logits)
+                    if state.done:
+                        break
+                    strategy.feed(state, proposed.tokens, taken)
+            finally:
+                strategy.cache.compiled_steps = None
             strategy.finish(state)
         if streamer is not None:
             streamer.end()

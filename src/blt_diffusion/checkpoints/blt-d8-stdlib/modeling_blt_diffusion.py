@@ -51,8 +51,10 @@ from .cache_blt_diffusion import (
     RightToLeftPadding,
     build_attention_context,
     build_query_attention_context,
+    build_step_attention_context,
     num_cross_attention_layers,
 )
+from .compiled_steps_blt_diffusion import CompiledDecodingSteps
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
 from .modelcard_blt_diffusion import MODEL_CARD_NAME, is_transformers_placeholder, write_model_card
@@ -136,6 +138,10 @@ class BltDiffusionRotaryEmbedding(nn.Module):
         cos, sin = angles.cos(), angles.sin()
         if self.attention_scaling != 1.0:
             cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        if torch.compiler.is_compiling():
+            # Inductor generates no code for complex numbers: compiled steps rotate by (cos, sin) pairs,
+            # (2, batch, seq, 1, head_dim / 2), in real arithmetic.
+            return torch.stack([cos, sin])[:, :, :, None]
         return torch.complex(cos, sin)[:, :, None]
 
 
@@ -150,6 +156,11 @@ def apply_rotary_pos_emb(
     """
 
     def rotate(states: torch.Tensor) -> torch.Tensor:
+        if not rotations.is_complex():
+            real, imaginary = states.float().unflatten(-1, (-1, 2)).unbind(-1)
+            cos, sin = rotations
+            rotated = torch.stack([real * cos - imaginary * sin, real * sin + imaginary * cos], dim=-1)
+            return rotated.flatten(-2).to(states.dtype)
         pairs = torch.view_as_complex(states.float().unflatten(-1, (-1, 2)))
         return torch.view_as_real(pairs * rotations).flatten(-2).to(states.dtype)
 
@@ -443,6 +454,12 @@ class LayerOutputs:
 ACTIVE_LAYER_OUTPUTS: ContextVar[LayerOutputs | None] = ContextVar("blt_diffusion_layer_outputs", default=None)
 
 
+def active_layer_outputs() -> LayerOutputs | None:
+    """The collector that the running stacks record into, if any. Compiled decoding steps record nothing (and
+    dynamo cannot read a `ContextVar`)."""
+    return None if torch.compiler.is_compiling() else ACTIVE_LAYER_OUTPUTS.get()
+
+
 def run_layers(
     stack: str,
     layers: nn.ModuleList,
@@ -453,7 +470,7 @@ def run_layers(
 ) -> torch.Tensor:
     """Run the transformer layers of `stack` (a name in `STACKS`) on `hidden_states` (batch, new, hidden)."""
     rotations = rotary_emb(hidden_states, context.position_ids)
-    collector = ACTIVE_LAYER_OUTPUTS.get()
+    collector = active_layer_outputs()
     for layer in layers:
         layer_input = hidden_states
         hidden_states, attn_weights = layer(hidden_states, rotations, context, attention_interface)
@@ -621,7 +638,7 @@ class BltDiffusionLocalDecoder(nn.Module):
         """
         rotations = self.rotary_emb(byte_states, context.position_ids)
         attention_interface = attention_function(self.config)
-        collector = ACTIVE_LAYER_OUTPUTS.get()
+        collector = active_layer_outputs()
         hidden_states = F.dropout(byte_states, p=self.config.dropout, training=self.training)
         for layer_idx, layer in enumerate(self.layers):
             if layer_idx < len(self.cross_attn_layers):
@@ -724,6 +741,30 @@ class EncodedBytes:
     byte_context: AttentionContext
     patch_keys: KeyValueBuffer | None = None
     token_ids: torch.Tensor | None = None
+
+
+def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodingSteps | None:
+    """The compiled steps that run this call's stacks: those `generate` gave the cache, for single-position calls."""
+    return cache.compiled_steps if cache is not None and num_new == 1 else None
+
+
+def run_stack(steps: CompiledDecodingSteps | None, stack: nn.Module, *inputs) -> torch.Tensor:
+    """`stack(*inputs)`, compiled when `steps` are given (their context must come from `stack_context`)."""
+    return stack(*inputs) if steps is None else steps.run(stack, *inputs)
+
+
+def stack_context(
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    num_new: int,
+    sliding_window: int | None,
+    buffer: KeyValueBuffer | None,
+    steps: CompiledDecodingSteps | None,
+) -> AttentionContext:
+    """`build_attention_context`, or its fixed-shape form for one position when compiled `steps` run the stack."""
+    if steps is not None:
+        return build_step_attention_context(starts, ends, num_new, sliding_window, buffer)
+    return build_attention_context(starts, ends, num_new, sliding_window, buffer)
 
 
 def gather_latents(
@@ -1496,18 +1537,19 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         token_ids = input_ids.masked_fill(~real, 0)
         byte_embeddings = self._embed_new_bytes(token_ids, cache, starts, byte_ends)
 
+        steps = step_runner(cache, num_new)
         entropies = None
         if self.patcher is not None:
             patcher_buffer = cache.patcher if cache is not None else None
-            patcher_context = build_attention_context(
-                starts, byte_ends, num_new, self.config.patcher_config.sliding_window, patcher_buffer
+            patcher_context = stack_context(
+                starts, byte_ends, num_new, self.config.patcher_config.sliding_window, patcher_buffer, steps
             )
-            entropies = self.patcher(token_ids, patcher_context)
+            entropies = run_stack(steps, self.patcher, token_ids, patcher_context)
         window = self.config.local_attention_window_len
-        encoder_context = build_attention_context(
-            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None
+        encoder_context = stack_context(
+            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, steps
         )
-        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+        byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
 
         num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
         open_patch_start = cache.open_patch_starts() if cache is not None else starts
@@ -1597,10 +1639,11 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         """
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
         byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
-        encoder_context = build_attention_context(
-            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder
+        steps = step_runner(cache, 1)
+        encoder_context = stack_context(
+            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps
         )
-        byte_states = self.local_encoder(byte_embeddings, encoder_context)
+        byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
         cache.append_draft_byte(slots, input_ids)
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(
@@ -1662,14 +1705,16 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         byte_patch_index = torch.cat([history_patch, local_patch], dim=1)
         patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, num_pooled)
 
-        global_context = build_attention_context(
+        steps = step_runner(cache, num_pooled)
+        global_context = stack_context(
             torch.zeros_like(num_patches),
             num_patches,
             num_pooled,
             None,
             cache.global_transformer if cache is not None else patch_keys,
+            steps,
         )
-        global_states = self.global_transformer(patch_embeddings, global_context)
+        global_states = run_stack(steps, self.global_transformer, patch_embeddings, global_context)
         new_keys_values = self.local_decoder.latent_keys_values(global_states)
         if cache is None:
             return new_keys_values
@@ -1695,9 +1740,11 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
             twins = FrontierTwins.build(cache, encoded)
         if twins is None:
-            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1])
+            # One new byte, and maybe the previous one again: the compiled steps ran the encoder, and the decoder too.
+            steps = step_runner(cache, num_new)
+            decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1], steps)
             gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
-            decoder_states = self.local_decoder(byte_states, gathered, decoder_context)[:, -num_new:]
+            decoder_states = run_stack(steps, self.local_decoder, byte_states, gathered, decoder_context)[:, -num_new:]
         else:
             decoder_states = self._decode_with_twins(
                 cache, encoded, byte_states, decoder_targets, decoder_start, twins
@@ -1707,15 +1754,21 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         return decoder_states
 
     def _decoder_context(
-        self, cache: BltDiffusionCache | None, encoded: EncodedBytes, decoder_start: torch.Tensor, num_queries: int
+        self,
+        cache: BltDiffusionCache | None,
+        encoded: EncodedBytes,
+        decoder_start: torch.Tensor,
+        num_queries: int,
+        steps: CompiledDecodingSteps | None,
     ) -> AttentionContext:
-        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on."""
+        """The decoder's attention context for `num_queries` bytes from slot `decoder_start` (batch,) on, in
+        fixed-shape form when compiled `steps` run the decoder."""
         buffer = cache.decoder if cache is not None else None
         if num_queries == encoded.byte_states.shape[1]:
-            # Exactly the encoder's bytes, positions and window: only the buffer differs.
+            # Exactly the encoder's bytes, positions and window (and form): only the buffer differs.
             return replace(encoded.byte_context, buffer=buffer)
-        return build_attention_context(
-            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer
+        return stack_context(
+            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer, steps
         )
 
     def _decode_with_twins(

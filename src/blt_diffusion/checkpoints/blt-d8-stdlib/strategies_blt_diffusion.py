@@ -33,6 +33,8 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from .compiled_steps_blt_diffusion import capacity_for_compiled_steps, compiles_steps
+
 if TYPE_CHECKING:
     from .cache_blt_diffusion import BltDiffusionCache
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
@@ -697,6 +699,8 @@ class DecodingStrategy:
             if width is not None:
                 self.cache = cache
                 return input_ids[:, -width:], None
+        if compiles_steps(self.generation_config):
+            capacity = capacity_for_compiled_steps(capacity)
         self.cache = self.model.new_cache(input_ids.shape[0], capacity, device=input_ids.device)
         return input_ids, attention_mask
 

@@ -1,0 +1,132 @@
+"""Compiled single-byte decoding steps: `generate(..., compile_config=CompileConfig())`.
+
+A single-byte step runs four small transformer stacks (patcher, local encoder, local decoder and, when the byte
+closes a patch, the global transformer) on one position each. On a CPU most of such a step is per-operator overhead,
+not arithmetic: a 128-wide layer spends more time in Python and dispatch than in its matrix products. Compiling each
+stack's step into one graph removes that overhead, and on a GPU it is what CUDA graphs capture.
+
+A compiled graph needs shapes that do not change from step to step, so a compiled step attends its key/value buffer's
+whole capacity under a mask (`build_step_attention_context`) instead of the slice that holds keys, and writes its
+keys through tensors of slots. Everything around the stacks (hash n-grams, patch boundaries, pooling, the cache's
+bookkeeping, logits processors) stays eager: it depends on data, and it is a small share of a step.
+
+Compilation happens at the first step of a new shape (batch size, cache capacity), once per stack; the compiled
+stacks are kept with the model for later calls. Where compiling is not possible (no C++ compiler, an unsupported
+backend), generation warns once and goes on uncompiled, with the same bytes.
+"""
+
+import weakref
+
+import torch
+from torch import nn
+from transformers import CompileConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# Errors that mean "this stack cannot be compiled here", raised by the first call of a compiled stack.
+# (`torch._inductor.exc.InductorError`, a compiler that fails, is one of them.)
+COMPILE_ERRORS = torch._dynamo.exc.TorchDynamoException
+
+
+def compiles_steps(generation_config) -> bool:
+    """Whether `generation_config` asks for compiled decoding steps: a `compile_config`, and compilation not
+    disabled."""
+    return generation_config.compile_config is not None and not generation_config.disable_compile
+
+
+def check_compile_config(compile_config: CompileConfig) -> None:
+    """Refuse a backend that torch does not know, before anything is generated rather than at the first step."""
+    backend = compile_config.backend
+    if isinstance(backend, str) and backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(
+            f"compile_config.backend={backend!r} is not a torch.compile backend; "
+            f"known: {', '.join(torch._dynamo.list_backends(exclude_tags=()))}."
+        )
+
+
+def capacity_for_compiled_steps(capacity: int) -> int:
+    """Round a cache capacity up to a power of two (at least 256), so that generations of similar lengths share
+    compiled graphs: each capacity is a shape of its own."""
+    return max(256, 1 << (max(capacity, 1) - 1).bit_length())
+
+
+class CompiledDecodingSteps:
+    """The transformer stacks of one model, each compiled on first use as `compile_config` says.
+
+    Call `run(stack, *inputs)` in place of `stack(*inputs)` for a single-position step whose attention context comes
+    from `build_step_attention_context`. On a CPU, where CUDA graphs do not exist, inductor's C++ wrapper (no Python
+    between kernels) is used unless the config gives inductor options of its own.
+    """
+
+    def __init__(self, compile_config: CompileConfig):
+        self.compile_config = compile_config
+        self._compiled: dict[nn.Module, nn.Module] = {}
+        self.unavailable: str | None = None
+
+    @property
+    def stacks(self) -> tuple[nn.Module, ...]:
+        """The stacks compiled so far."""
+        return tuple(self._compiled)
+
+    def _compile_arguments(self, device: torch.device) -> dict:
+        arguments = self.compile_config.to_dict()
+        inductor = arguments["backend"] == "inductor"
+        if inductor and device.type == "cpu" and arguments["options"] is None:
+            # The CPU has no CUDA graphs for the default mode, "reduce-overhead", to use.
+            arguments["options"] = {"cpp_wrapper": True}
+        if arguments["options"] is None:
+            del arguments["options"]
+        if not inductor or "options" in arguments:
+            # Modes are inductor's, and torch.compile takes a mode or options, not both; `CompileConfig` always
+            # names a mode.
+            del arguments["mode"]
+        return arguments
+
+    def run(self, stack: nn.Module, *inputs) -> torch.Tensor:
+        """`stack(*inputs)`, compiled; uncompiled once compiling has failed."""
+        if self.unavailable is not None:
+            return stack(*inputs)
+        compiled = self._compiled.get(stack)
+        if compiled is None:
+            device = next(stack.parameters()).device
+            compiled = self._compiled[stack] = torch.compile(stack, **self._compile_arguments(device))
+        try:
+            return compiled(*inputs)
+        except COMPILE_ERRORS as error:
+            self.unavailable = describe_compile_error(error)
+            logger.warning(
+                "compile_config: the decoding steps could not be compiled (%s); generating without compilation.",
+                self.unavailable,
+            )
+            return stack(*inputs)
+
+
+def describe_compile_error(error: Exception) -> str:
+    """One line on why compiling failed: the backend's own error, which dynamo wraps, when there is one."""
+    cause = getattr(error, "inner_exception", None) or error.__cause__ or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
+
+
+# Compiled steps of each live model, by compile config; kept outside the model so that copying, pickling or saving it
+# never meets a compiled module.
+_COMPILED_STEPS: "weakref.WeakKeyDictionary[nn.Module, dict[str, CompiledDecodingSteps]]" = weakref.WeakKeyDictionary()
+
+
+def compiled_steps_for(model: nn.Module, compile_config: CompileConfig) -> CompiledDecodingSteps:
+    """The compiled steps of `model` under `compile_config`, made on first request and reused after."""
+    by_config = _COMPILED_STEPS.setdefault(model, {})
+    key = repr(sorted(compile_config.to_dict().items()))
+    if key not in by_config:
+        by_config[key] = CompiledDecodingSteps(compile_config)
+    return by_config[key]
+
+
+__all__ = [
+    "CompiledDecodingSteps",
+    "capacity_for_compiled_steps",
+    "check_compile_config",
+    "compiled_steps_for",
+    "compiles_steps",
+]
