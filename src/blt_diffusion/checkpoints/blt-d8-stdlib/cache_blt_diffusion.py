@@ -166,6 +166,23 @@ class AttentionContext:
         )
 
 
+def visible_keys(
+    key_slots: torch.Tensor,
+    starts: torch.Tensor,
+    query_slots: torch.Tensor,
+    visible_until: torch.Tensor,
+    sliding_window: int | None,
+    own_slots: torch.Tensor,
+) -> torch.Tensor:
+    """The visibility rule of every attention context: query i of row r, at slot `query_slots[r, i]`, may attend
+    slot s of `key_slots` (keys,) when `starts[r] <= s < visible_until[r, i]` and, with a window W,
+    `s > query_slots[r, i] - W`, and always its own key at `own_slots[r, i]`; (batch, queries, keys) boolean."""
+    allowed = (key_slots >= starts[:, None, None]) & (key_slots < visible_until[..., None])
+    if sliding_window is not None:
+        allowed &= key_slots > query_slots[..., None] - sliding_window
+    return allowed | (key_slots == own_slots[..., None])
+
+
 def build_attention_context(
     starts: torch.Tensor,
     ends: torch.Tensor,
@@ -190,10 +207,7 @@ def build_attention_context(
         key_start = 0 if sliding_window is None else max(0, earliest - sliding_window + 1)
         shared_write_start = earliest if earliest == latest else None
     key_slots = torch.arange(key_start, key_end, device=device)
-    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
-    if sliding_window is not None:
-        allowed &= key_slots > query_slots[..., None] - sliding_window
-    allowed |= key_slots == query_slots[..., None]
+    allowed = visible_keys(key_slots, starts, query_slots, query_slots + 1, sliding_window, query_slots)
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
         # SDPA's unmasked path is faster, and one query reading its whole window (a decoding step) needs no mask.
@@ -215,10 +229,7 @@ def build_step_attention_context(
     tensor's value on the host."""
     key_slots = torch.arange(buffer.capacity, device=ends.device)
     query_slots = ends[:, None] + torch.arange(num_new, device=ends.device)
-    allowed = (key_slots >= starts[:, None, None]) & (key_slots <= query_slots[..., None])
-    if sliding_window is not None:
-        allowed &= key_slots > query_slots[..., None] - sliding_window
-    allowed |= key_slots == query_slots[..., None]
+    allowed = visible_keys(key_slots, starts, query_slots, query_slots + 1, sliding_window, query_slots)
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
         mask=allowed[:, None],
@@ -253,10 +264,7 @@ def build_query_attention_context(
     key_start = 0 if sliding_window is None else max(0, int(query_slots.min()) - sliding_window + 1)
     key_end = int(write_slots.max()) + 1
     key_slots = torch.arange(key_start, key_end, device=starts.device)
-    allowed = (key_slots >= starts[:, None, None]) & (key_slots < visible_until[..., None])
-    if sliding_window is not None:
-        allowed &= key_slots > query_slots[..., None] - sliding_window
-    allowed |= key_slots == write_slots[..., None]
+    allowed = visible_keys(key_slots, starts, query_slots, visible_until, sliding_window, write_slots)
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
         mask=allowed[:, None],
