@@ -58,6 +58,8 @@ from blt_diffusion.training import pack_byte_sequences, stdlib_source_files
 from blt_diffusion.training.data import evenly_spaced_rows
 
 END_OF_TEXT = "<|endoftext|>"
+# Under the repository's ignored `runs/`, wherever the script is run from.
+TOKENIZER_CACHE = Path(__file__).resolve().parent.parent / "runs" / "tokenized-baseline"
 WARM_UP_BYTES = 8
 SIZES = ("shipped", "40M")
 BLOCK_SIZE = 8  # the shipped model's; the 40M model is built with it too
@@ -487,7 +489,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--confidence-thresholds", type=float, nargs="*", default=[0.5, 0.9], help="BLT-D")
     parser.add_argument("--no-verified", dest="verified", action="store_false", help="skip BLT-DV")
     parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/tokenized-baseline"), help="tokenizer cache")
+    parser.add_argument("--cache-dir", type=Path, default=TOKENIZER_CACHE, help="tokenizer cache")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--compile", action="store_true", help="also run every contender compiled (ours: its single-byte steps)"
