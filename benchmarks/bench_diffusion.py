@@ -13,6 +13,9 @@ plain BLT trained the same way, which shows what the extra diffusion objective c
     python examples/train.py --config small --block-size 0 ... --output-dir runs/bench-blt-plain
     python benchmarks/bench_diffusion.py --model runs/bench-blt-d16 --baseline runs/bench-blt-plain
 
+`--compile` adds every setting again with its single-byte steps compiled (`compile_config=CompileConfig()`), warmed up
+first, its first call reported; `--device` and `--dtype` choose where and in what precision the model runs.
+
 `--json runs/bench-blt-d16/decoding_benchmark.json` also stores the figures where the model card reads them (the
 card is written again by `save_pretrained` into a directory without one, or by
 `blt_diffusion.modelcard_blt_diffusion.write_model_card(directory, model, overwrite=True)`).

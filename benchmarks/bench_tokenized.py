@@ -20,6 +20,11 @@ once per batch size first. Besides bytes/s the report gives the paper's cost fie
 per byte, Eq. 8's estimated parameter traffic per byte) and, for the Llama, one forward pass of the whole model per
 token, each loading its parameters except the input embedding (a lookup, as Eq. 8 leaves out BLT's hash tables).
 
+With `--compile`, every contender also runs compiled, side by side with its uncompiled twin: ours with compiled
+single-byte steps (`compile_config=CompileConfig()`), the Llama with transformers' own compiled forward. Compiled
+contenders are warmed up on every batch first (each new shape compiles), their first call timed and reported.
+`--device` and `--dtype` move both models (`benchmarks/gpu.sh` runs this on a GPU in bfloat16).
+
     python benchmarks/bench_tokenized.py --threads 1 --json benchmarks/results/tokenized.json
 
 The tokenizer trains in under a minute on the whole training split and is cached under `runs/tokenized-baseline/`.

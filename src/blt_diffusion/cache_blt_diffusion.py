@@ -372,6 +372,10 @@ class BltDiffusionCache:
         self.ends_patch = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
         # Set by `generate` for its single-byte steps when asked to compile them (`compile_config`).
         self.compiled_steps: CompiledDecodingSteps | None = None
+        # Host-side facts that spare a decoding step two reads of device values (synchronisations on a GPU): an upper
+        # bound on every row's end, and whether the cache may hold no byte (only a new or cropped one may).
+        self.end_bound = 0
+        self.may_be_empty = True
 
     @property
     def starts(self) -> torch.Tensor:
@@ -394,7 +398,16 @@ class BltDiffusionCache:
         return bool((self.decoder.ends < byte_ends).any())
 
     def is_empty(self) -> bool:
-        return int(self.byte_ends.max()) == 0
+        if not self.may_be_empty:
+            return False
+        self.may_be_empty = int(self.byte_ends.max()) == 0
+        return self.may_be_empty
+
+    @property
+    def capacity(self) -> int:
+        """Slots every byte-level buffer and the patch buffer have room for."""
+        buffers = self._byte_level_buffers() + [self.global_transformer]
+        return min(self.token_ids.shape[1], *(buffer.capacity for buffer in buffers))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Longest row, in slots (left padding included), as transformers' caches report it."""
@@ -413,6 +426,13 @@ class BltDiffusionCache:
 
     def _byte_level_buffers(self) -> list[KeyValueBuffer]:
         return [buffer for buffer in (self.patcher, self.encoder, self.decoder) if buffer is not None]
+
+    def reserve_after_ends(self, extra: int) -> None:
+        """Make room for `extra` slots after every row's end, reading the ends from the device only when the
+        host-side bound says that room may be short."""
+        if self.end_bound + extra > self.capacity:
+            self.end_bound = int(self.byte_ends.max())
+            self.reserve(self.end_bound + extra)
 
     def reserve(self, needed: int) -> None:
         """Make room for `needed` byte slots (and as many patches) per row."""
@@ -437,6 +457,8 @@ class BltDiffusionCache:
         """Empty every row, its bytes to start at slot `starts[r]` (batch,) after left padding."""
         for buffer in self._byte_level_buffers():
             buffer.start_rows(starts)
+        self.end_bound = 0
+        self.may_be_empty = True
 
     def append_bytes(
         self, slots: torch.Tensor, token_ids: torch.Tensor, encoder_states: torch.Tensor, ends_patch: torch.Tensor
@@ -451,6 +473,7 @@ class BltDiffusionCache:
         for buffer in (self.patcher, self.encoder):
             if buffer is not None:
                 buffer.advance(slots[:, -1] + 1)
+        self.end_bound += slots.shape[1]
 
     def append_draft_byte(self, slots: torch.Tensor, token_ids: torch.Tensor) -> None:
         """Record a drafted byte (batch, 1) that only the encoder has read, at `slots` (batch, 1).
@@ -461,6 +484,7 @@ class BltDiffusionCache:
         rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
         self.token_ids[rows, slots] = token_ids
         self.encoder.advance(slots[:, -1] + 1)
+        self.end_bound += 1
 
     def append_patches(
         self, latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]], num_closed: torch.Tensor
@@ -513,6 +537,7 @@ class BltDiffusionCache:
         new_ends = torch.minimum(self.starts + lengths.to(self.starts), self.byte_ends)
         for buffer in self._byte_level_buffers():
             buffer.crop(new_ends)
+        self.may_be_empty = True
         slots = torch.arange(self.ends_patch.shape[1], device=new_ends.device)
         kept = (slots >= self.starts[:, None]) & (slots < new_ends[:, None])
         self.global_transformer.crop((self.ends_patch & kept).sum(dim=1))

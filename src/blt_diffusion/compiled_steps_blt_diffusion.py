@@ -71,6 +71,10 @@ class CompiledDecodingSteps:
 
     def _compile_arguments(self, device: torch.device) -> dict:
         arguments = self.compile_config.to_dict()
+        if arguments["dynamic"] is None:
+            # None lets torch make a dimension symbolic once it changes; the steps' shapes change only with batch size
+            # and cache capacity, and a symbolic capacity comes back from the graph as a host read.
+            arguments["dynamic"] = False
         inductor = arguments["backend"] == "inductor"
         if inductor and device.type == "cpu" and arguments["options"] is None:
             # The CPU has no CUDA graphs for the default mode, "reduce-overhead", to use.

@@ -1620,7 +1620,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         num_new = token_ids.shape[1]
         if cache is not None:
             # One slot more for a provisional open-patch latent.
-            cache.reserve(int(byte_ends.max()) + num_new + 1)
+            cache.reserve_after_ends(num_new + 1)
             history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
             token_ids = torch.cat([history, token_ids], dim=1)
         return self.embed_bytes(token_ids, num_new)
