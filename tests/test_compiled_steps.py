@@ -12,7 +12,11 @@ import torch
 from conftest import PARITY_CONFIGS, assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
 from transformers import CompileConfig
 
-from blt_diffusion.compiled_steps_blt_diffusion import capacity_for_compiled_steps, compiled_steps_for
+from blt_diffusion.compiled_steps_blt_diffusion import (
+    capacity_for_compiled_steps,
+    compiled_steps_for,
+    torch_compile_arguments,
+)
 
 TRACED = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
 
@@ -115,3 +119,36 @@ def test_an_unknown_backend_is_refused_before_generating(default_pair):
 @pytest.mark.parametrize("capacity, rounded", [(1, 256), (256, 256), (257, 512), (1000, 1024)])
 def test_compiled_caches_round_capacity_to_share_graphs(capacity, rounded):
     assert capacity_for_compiled_steps(capacity) == rounded
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    "config, device, expected",
+    [
+        (
+            CompileConfig(),
+            CPU,
+            {"fullgraph": False, "dynamic": False, "backend": "inductor", "options": {"cpp_wrapper": True}},
+        ),
+        (
+            CompileConfig(),
+            CUDA,
+            {"fullgraph": False, "dynamic": False, "backend": "inductor", "mode": "reduce-overhead"},
+        ),
+        (
+            CompileConfig(dynamic=True, options={"freezing": True}),
+            CUDA,
+            {"fullgraph": False, "dynamic": True, "backend": "inductor", "options": {"freezing": True}},
+        ),
+        (
+            CompileConfig(backend="eager", fullgraph=True),
+            CPU,
+            {"fullgraph": True, "dynamic": False, "backend": "eager"},
+        ),
+    ],
+    ids=["cpu-default", "cuda-default", "given-options", "other-backend"],
+)
+def test_compile_config_becomes_torch_compile_arguments(config, device, expected):
+    assert torch_compile_arguments(config, device) == expected

@@ -51,6 +51,26 @@ def capacity_for_compiled_steps(capacity: int) -> int:
     return max(256, 1 << (max(capacity, 1) - 1).bit_length())
 
 
+def torch_compile_arguments(compile_config: CompileConfig, device: torch.device) -> dict:
+    """The `torch.compile` keyword arguments that `compile_config` means for steps on `device`."""
+    arguments = compile_config.to_dict()
+    if arguments["dynamic"] is None:
+        # None lets torch make a dimension symbolic once it changes; the steps' shapes change only with batch size and
+        # cache capacity, and a symbolic capacity comes back from the graph as a host read.
+        arguments["dynamic"] = False
+    inductor = arguments["backend"] == "inductor"
+    if inductor and device.type == "cpu" and arguments["options"] is None:
+        # The CPU has no CUDA graphs for the default mode, "reduce-overhead", to use.
+        arguments["options"] = {"cpp_wrapper": True}
+    if arguments["options"] is None:
+        del arguments["options"]
+    if not inductor or "options" in arguments:
+        # Modes are inductor's, and torch.compile takes a mode or options, not both; `CompileConfig` always names a
+        # mode.
+        del arguments["mode"]
+    return arguments
+
+
 class CompiledDecodingSteps:
     """The transformer stacks of one model, each compiled on first use as `compile_config` says.
 
@@ -69,24 +89,6 @@ class CompiledDecodingSteps:
         """The stacks compiled so far."""
         return tuple(self._compiled)
 
-    def _compile_arguments(self, device: torch.device) -> dict:
-        arguments = self.compile_config.to_dict()
-        if arguments["dynamic"] is None:
-            # None lets torch make a dimension symbolic once it changes; the steps' shapes change only with batch size
-            # and cache capacity, and a symbolic capacity comes back from the graph as a host read.
-            arguments["dynamic"] = False
-        inductor = arguments["backend"] == "inductor"
-        if inductor and device.type == "cpu" and arguments["options"] is None:
-            # The CPU has no CUDA graphs for the default mode, "reduce-overhead", to use.
-            arguments["options"] = {"cpp_wrapper": True}
-        if arguments["options"] is None:
-            del arguments["options"]
-        if not inductor or "options" in arguments:
-            # Modes are inductor's, and torch.compile takes a mode or options, not both; `CompileConfig` always
-            # names a mode.
-            del arguments["mode"]
-        return arguments
-
     def run(self, stack: nn.Module, *inputs) -> torch.Tensor:
         """`stack(*inputs)`, compiled; uncompiled once compiling has failed."""
         if self.unavailable is not None:
@@ -94,7 +96,9 @@ class CompiledDecodingSteps:
         compiled = self._compiled.get(stack)
         if compiled is None:
             device = next(stack.parameters()).device
-            compiled = self._compiled[stack] = torch.compile(stack, **self._compile_arguments(device))
+            compiled = self._compiled[stack] = torch.compile(
+                stack, **torch_compile_arguments(self.compile_config, device)
+            )
         try:
             return compiled(*inputs)
         except COMPILE_ERRORS as error:
@@ -133,4 +137,5 @@ __all__ = [
     "check_compile_config",
     "compiled_steps_for",
     "compiles_steps",
+    "torch_compile_arguments",
 ]
