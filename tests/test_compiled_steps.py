@@ -6,6 +6,8 @@ with PyTorch's kernels, at a small share of inductor's compile time. One test co
 """
 
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -77,12 +79,14 @@ def test_compiled_block_diffusion_writes_the_uncompiled_bytes(diffusion_model, r
 
 
 def test_inductor_compiles_the_steps(default_pair, rows):
+    """Users' default: inductor, which needs a C++ compiler on a CPU; without one, generation falls back."""
     _, ours = default_pair
     config = CompileConfig()
     _, expected = generate_new_bytes(ours, rows[:1], new_bytes=16)
     _, actual = generate_new_bytes(ours, rows[:1], new_bytes=16, compile_config=config)
     assert_same_greedy_bytes(ours, rows[:1], expected, actual, max_ties=0)
-    assert compiled_steps_for(ours, config).unavailable is None
+    has_compiler = any(shutil.which(compiler) for compiler in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    assert (compiled_steps_for(ours, config).unavailable is None) == has_compiler
 
 
 def refusing_backend(graph_module, example_inputs):
