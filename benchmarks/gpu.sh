@@ -40,7 +40,7 @@ trap 'rm -rf "$staging"' EXIT
 
 echo "gpu.sh: strategies on the shipped model ($DEVICE, $DTYPE)" >&2
 python benchmarks/bench_diffusion.py --model "$MODEL" "${common[@]}" "${diffusion_sizes[@]}" \
-    --block-sizes 4 8 16 --confidence-thresholds 0.5 0.9 --entropy-bounds 1.0 --draft-lengths 8 16 \
+    --block-sizes 4 8 --confidence-thresholds 0.5 0.9 --entropy-bounds 1.0 --draft-lengths 8 16 \
     --verified-block-sizes 8 --json "$staging/diffusion.json" > "$staging/diffusion.md"
 
 echo "gpu.sh: against a token-level Llama of the same size ($DEVICE, $DTYPE)" >&2
