@@ -376,6 +376,8 @@ class BltDiffusionCache:
         # bound on every row's end, and whether the cache may hold no byte (only a new or cropped one may).
         self.end_bound = 0
         self.may_be_empty = True
+        # Whether the decoder may hold fewer bytes than the other buffers (see `mark_decoded`).
+        self.decoder_may_lag = False
 
     @property
     def starts(self) -> torch.Tensor:
@@ -459,6 +461,7 @@ class BltDiffusionCache:
             buffer.start_rows(starts)
         self.end_bound = 0
         self.may_be_empty = True
+        self.decoder_may_lag = False
 
     def append_bytes(
         self, slots: torch.Tensor, token_ids: torch.Tensor, encoder_states: torch.Tensor, ends_patch: torch.Tensor
@@ -474,6 +477,8 @@ class BltDiffusionCache:
             if buffer is not None:
                 buffer.advance(slots[:, -1] + 1)
         self.end_bound += slots.shape[1]
+        # Until the decoder reads them.
+        self.decoder_may_lag = True
 
     def append_draft_byte(self, slots: torch.Tensor, token_ids: torch.Tensor) -> None:
         """Record a drafted byte (batch, 1) that only the encoder has read, at `slots` (batch, 1).
@@ -485,6 +490,7 @@ class BltDiffusionCache:
         self.token_ids[rows, slots] = token_ids
         self.encoder.advance(slots[:, -1] + 1)
         self.end_bound += 1
+        self.decoder_may_lag = True
 
     def append_patches(
         self, latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]], num_closed: torch.Tensor
@@ -506,15 +512,26 @@ class BltDiffusionCache:
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
         self.global_transformer.advance(num_patches + num_closed)
 
-    def mark_decoded(self, ends: torch.Tensor, newest_closes_patch: torch.Tensor) -> None:
+    def mark_decoded(
+        self,
+        ends: torch.Tensor,
+        newest_closes_patch: torch.Tensor,
+        caught_up: bool = False,
+        newest_may_close_patch: bool = True,
+    ) -> None:
         """The decoder has read each row's bytes up to `ends` (batch,), exclusive, the newest one possibly not for
         good (see `newest_decoding_is_provisional`).
 
         Args:
             ends (`torch.Tensor` of shape `(batch,)`): one past the last byte decoded.
             newest_closes_patch (`torch.Tensor` of shape `(batch,)`): whether the byte before `ends` closes a patch.
+            caught_up (`bool`): the caller knows `ends` are the other byte buffers' ends.
+            newest_may_close_patch (`bool`): False when the caller knows that no row's newest byte closes a patch.
+                With `caught_up`, the host then knows that the decoder does not lag (`decoder_may_lag`), which spares
+                the next call a device read.
         """
         self.decoder.advance(ends - self.newest_decoding_is_provisional(newest_closes_patch).long())
+        self.decoder_may_lag = not caught_up or (self.newest_byte_is_provisional and newest_may_close_patch)
 
     def newest_decoding_is_provisional(self, newest_closes_patch: torch.Tensor) -> torch.Tensor:
         """Per row (batch,), whether the newest byte's decoding may have read a latent that is not its final one, so
@@ -538,6 +555,7 @@ class BltDiffusionCache:
         for buffer in self._byte_level_buffers():
             buffer.crop(new_ends)
         self.may_be_empty = True
+        self.decoder_may_lag = True
         slots = torch.arange(self.ends_patch.shape[1], device=new_ends.device)
         kept = (slots >= self.starts[:, None]) & (slots < new_ends[:, None])
         self.global_transformer.crop((self.ends_patch & kept).sum(dim=1))

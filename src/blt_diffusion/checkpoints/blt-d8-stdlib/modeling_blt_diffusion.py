@@ -729,7 +729,9 @@ class EncodedBytes:
     context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
     `patch_keys`: without a cache, when asked for, the global transformer's keys and values of this call's patches,
     which the provisional latents of training blocks anchored inside patches attend. `token_ids` (batch, new): the
-    new bytes' ids, 0 for left padding.
+    new bytes' ids, 0 for left padding. `decoder_may_lag`: the cache's host-side answer, before this call, to whether
+    its decoder may hold fewer bytes than the other buffers (False spares a device read). `patches_closed`: whether
+    any of the new bytes may close a patch, known on the host.
     """
 
     byte_states: torch.Tensor
@@ -741,6 +743,8 @@ class EncodedBytes:
     byte_context: AttentionContext
     patch_keys: KeyValueBuffer | None = None
     token_ids: torch.Tensor | None = None
+    decoder_may_lag: bool = True
+    patches_closed: bool = True
 
 
 def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodingSteps | None:
@@ -1562,10 +1566,13 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             patch_keys = KeyValueBuffer.for_stack(
                 self.config.global_config, input_ids.shape[0], num_new, byte_states.dtype, byte_states.device
             )
+        # The one host read a step needs: whether the global transformer runs.
+        max_new_patches = int(segmentation.new_patches.max())
         latent_keys_values = self._close_patches(
             cache,
             byte_states,
             segmentation,
+            max_new_patches,
             open_patch_start,
             byte_ends,
             starts,
@@ -1573,6 +1580,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             with_open_patch,
             patch_keys,
         )
+        decoder_may_lag = cache.decoder_may_lag if cache is not None else False
         if cache is not None:
             cache.append_bytes(slots, token_ids, byte_states, segmentation.ends_patch)
         return EncodedBytes(
@@ -1585,6 +1593,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             byte_context=encoder_context,
             patch_keys=patch_keys,
             token_ids=token_ids,
+            decoder_may_lag=decoder_may_lag,
+            patches_closed=max_new_patches > 0,
         )
 
     def _append_slots(
@@ -1639,6 +1649,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         """
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
         byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
+        decoder_may_lag = cache.decoder_may_lag
         steps = step_runner(cache, 1)
         encoder_context = stack_context(
             starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps
@@ -1653,7 +1664,15 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             new_patches=torch.zeros_like(cache.num_patches),
         )
         encoded = EncodedBytes(
-            byte_states, open_patch, cache.latent_keys_values, starts, byte_ends, real, encoder_context
+            byte_states,
+            open_patch,
+            cache.latent_keys_values,
+            starts,
+            byte_ends,
+            real,
+            encoder_context,
+            decoder_may_lag=decoder_may_lag,
+            patches_closed=False,
         )
         return self._decode(cache, encoded)
 
@@ -1662,6 +1681,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         cache: BltDiffusionCache | None,
         byte_states: torch.Tensor,
         segmentation: PatchSegmentation,
+        max_new_patches: int,
         open_patch_start: torch.Tensor,
         byte_ends: torch.Tensor,
         starts: torch.Tensor,
@@ -1669,7 +1689,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         with_open_patch: bool = False,
         patch_keys: KeyValueBuffer | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Pool, globally encode and project the patches closed by this call's bytes.
+        """Pool, globally encode and project the patches closed by this call's bytes, at most `max_new_patches` in a
+        row.
 
         With `with_open_patch` (caching only), the open patch is pooled too, as if it were closed, in the same
         global call: its latent is provisional, stored one slot past the closed patches and not counted in them.
@@ -1678,7 +1699,6 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
         cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
         """
-        max_new_patches = int(segmentation.new_patches.max())
         num_pooled = max_new_patches + int(with_open_patch)
         if num_pooled == 0:
             return cache.latent_keys_values if cache is not None else []
@@ -1727,7 +1747,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         num_new = byte_states.shape[1]
         decoder_targets = encoded.segmentation.decoder_target
         decoder_start = encoded.byte_ends
-        if cache is not None and cache.decoder_lags_behind(encoded.byte_ends):
+        if cache is not None and encoded.decoder_may_lag and cache.decoder_lags_behind(encoded.byte_ends):
             # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
             # again with its final one, in every row to keep one shape (identically where it was final already).
             decoder_start = encoded.byte_ends - 1
@@ -1750,7 +1770,12 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
                 cache, encoded, byte_states, decoder_targets, decoder_start, twins
             )
         if cache is not None:
-            cache.mark_decoded(decoder_start + byte_states.shape[1], encoded.segmentation.ends_patch[:, -1])
+            cache.mark_decoded(
+                decoder_start + byte_states.shape[1],
+                encoded.segmentation.ends_patch[:, -1],
+                caught_up=True,
+                newest_may_close_patch=encoded.patches_closed,
+            )
         return decoder_states
 
     def _decoder_context(
