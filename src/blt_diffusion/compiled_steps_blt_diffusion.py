@@ -5,10 +5,11 @@ closes a patch, the global transformer) on one position each. On a CPU most of s
 not arithmetic: a 128-wide layer spends more time in Python and dispatch than in its matrix products. Compiling each
 stack's step into one graph removes that overhead, and on a GPU it is what CUDA graphs capture.
 
-A compiled graph needs shapes that do not change from step to step, so a compiled step attends its key/value buffer's
-whole capacity under a mask (`build_step_attention_context`) instead of the slice that holds keys, and writes its
-keys through tensors of slots. Everything around the stacks (hash n-grams, patch boundaries, pooling, the cache's
-bookkeeping, logits processors) stays eager: it depends on data, and it is a small share of a step.
+A compiled graph needs shapes that do not change from step to step, so a compiled step attends its key/value
+buffer's whole capacity under a mask (`build_attention_context(..., fixed_shape=True)`) instead of the slice that
+holds keys, and writes its keys through tensors of slots. Everything around the stacks (hash n-grams, patch
+boundaries, pooling, the cache's bookkeeping, logits processors) stays eager: it depends on data, and it is a small
+share of a step.
 
 Compilation happens at the first step of a new shape (batch size, cache capacity), once per stack; the compiled
 stacks are kept with the model for later calls. Where compiling is not possible (no C++ compiler, an unsupported
@@ -75,8 +76,8 @@ class CompiledDecodingSteps:
     """The transformer stacks of one model, each compiled on first use as `compile_config` says.
 
     Call `run(stack, *inputs)` in place of `stack(*inputs)` for a single-position step whose attention context comes
-    from `build_step_attention_context`. On a CPU, where CUDA graphs do not exist, inductor's C++ wrapper (no Python
-    between kernels) is used unless the config gives inductor options of its own.
+    from `build_attention_context(..., fixed_shape=True)`. On a CPU, where CUDA graphs do not exist, inductor's C++
+    wrapper (no Python between kernels) is used unless the config gives inductor options of its own.
     """
 
     def __init__(self, compile_config: CompileConfig):

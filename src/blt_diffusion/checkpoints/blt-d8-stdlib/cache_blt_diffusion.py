@@ -189,11 +189,16 @@ def build_attention_context(
     num_new: int,
     sliding_window: int | None,
     buffer: KeyValueBuffer | None,
+    fixed_shape: bool = False,
 ) -> AttentionContext:
     """Positions and causal (optionally sliding-window) mask for `num_new` tokens appended after `ends` (batch,).
 
     A query in slot q of row r may attend slot s when `starts[r] <= s <= q` and, with a window W, `s > q - W`.
     Left-padding queries (q < starts[r]) attend only themselves, which keeps them finite and harmless.
+
+    With `fixed_shape` (and a buffer), the queries read the buffer's whole capacity under a mask instead of the slots
+    that hold keys: shapes then never change from step to step and nothing reads a tensor's value on the host, as a
+    compiled step needs (see `compiled_steps_blt_diffusion.py`).
     """
     device = ends.device
     new_offsets = torch.arange(num_new, device=device)
@@ -201,6 +206,8 @@ def build_attention_context(
     shared_write_start = None
     if buffer is None:
         key_start, key_end = 0, num_new
+    elif fixed_shape:
+        key_start, key_end = 0, buffer.capacity
     else:
         earliest, latest = int(ends.min()), int(ends.max())
         key_end = latest + num_new
@@ -211,32 +218,12 @@ def build_attention_context(
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
         # SDPA's unmasked path is faster, and one query reading its whole window (a decoding step) needs no mask.
-        mask=None if bool(allowed.all()) else allowed[:, None],
+        mask=allowed[:, None] if fixed_shape or not bool(allowed.all()) else None,
         buffer=buffer,
         write_slots=query_slots if buffer is not None else None,
         shared_write_start=shared_write_start,
         key_start=key_start,
         key_end=key_end,
-    )
-
-
-def build_step_attention_context(
-    starts: torch.Tensor, ends: torch.Tensor, num_new: int, sliding_window: int | None, buffer: KeyValueBuffer
-) -> AttentionContext:
-    """`build_attention_context` in a form whose shapes never change from step to step, as a compiled step needs
-    (see `compiled_steps_blt_diffusion.py`): the `num_new` queries after `ends` (batch,) read their buffer's whole
-    capacity under a mask, the same visibility rule, and write their keys at `write_slots`. Nothing here reads a
-    tensor's value on the host."""
-    key_slots = torch.arange(buffer.capacity, device=ends.device)
-    query_slots = ends[:, None] + torch.arange(num_new, device=ends.device)
-    allowed = visible_keys(key_slots, starts, query_slots, query_slots + 1, sliding_window, query_slots)
-    return AttentionContext(
-        position_ids=(query_slots - starts[:, None]).clamp(min=0),
-        mask=allowed[:, None],
-        buffer=buffer,
-        write_slots=query_slots,
-        key_start=0,
-        key_end=buffer.capacity,
     )
 
 

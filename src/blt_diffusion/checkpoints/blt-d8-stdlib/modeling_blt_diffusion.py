@@ -51,7 +51,6 @@ from .cache_blt_diffusion import (
     RightToLeftPadding,
     build_attention_context,
     build_query_attention_context,
-    build_step_attention_context,
     num_cross_attention_layers,
 )
 from .compiled_steps_blt_diffusion import CompiledDecodingSteps
@@ -753,22 +752,8 @@ def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodi
 
 
 def run_stack(steps: CompiledDecodingSteps | None, stack: nn.Module, *inputs) -> torch.Tensor:
-    """`stack(*inputs)`, compiled when `steps` are given (their context must come from `stack_context`)."""
+    """`stack(*inputs)`, compiled when `steps` are given (their context built with `fixed_shape`)."""
     return stack(*inputs) if steps is None else steps.run(stack, *inputs)
-
-
-def stack_context(
-    starts: torch.Tensor,
-    ends: torch.Tensor,
-    num_new: int,
-    sliding_window: int | None,
-    buffer: KeyValueBuffer | None,
-    steps: CompiledDecodingSteps | None,
-) -> AttentionContext:
-    """`build_attention_context`, or its fixed-shape form for one position when compiled `steps` run the stack."""
-    if steps is not None:
-        return build_step_attention_context(starts, ends, num_new, sliding_window, buffer)
-    return build_attention_context(starts, ends, num_new, sliding_window, buffer)
 
 
 def gather_latents(
@@ -1545,13 +1530,18 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         entropies = None
         if self.patcher is not None:
             patcher_buffer = cache.patcher if cache is not None else None
-            patcher_context = stack_context(
-                starts, byte_ends, num_new, self.config.patcher_config.sliding_window, patcher_buffer, steps
+            patcher_context = build_attention_context(
+                starts,
+                byte_ends,
+                num_new,
+                self.config.patcher_config.sliding_window,
+                patcher_buffer,
+                fixed_shape=steps is not None,
             )
             entropies = run_stack(steps, self.patcher, token_ids, patcher_context)
         window = self.config.local_attention_window_len
-        encoder_context = stack_context(
-            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, steps
+        encoder_context = build_attention_context(
+            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, steps is not None
         )
         byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
 
@@ -1651,8 +1641,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
         decoder_may_lag = cache.decoder_may_lag
         steps = step_runner(cache, 1)
-        encoder_context = stack_context(
-            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps
+        encoder_context = build_attention_context(
+            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps is not None
         )
         byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
         cache.append_draft_byte(slots, input_ids)
@@ -1726,13 +1716,13 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         patch_embeddings = self.local_encoder.pool_patches(window_states, byte_patch_index, num_pooled)
 
         steps = step_runner(cache, num_pooled)
-        global_context = stack_context(
+        global_context = build_attention_context(
             torch.zeros_like(num_patches),
             num_patches,
             num_pooled,
             None,
             cache.global_transformer if cache is not None else patch_keys,
-            steps,
+            steps is not None,
         )
         global_states = run_stack(steps, self.global_transformer, patch_embeddings, global_context)
         new_keys_values = self.local_decoder.latent_keys_values(global_states)
@@ -1792,8 +1782,13 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         if num_queries == encoded.byte_states.shape[1]:
             # Exactly the encoder's bytes, positions and window (and form): only the buffer differs.
             return replace(encoded.byte_context, buffer=buffer)
-        return stack_context(
-            encoded.starts, decoder_start, num_queries, self.config.local_attention_window_len, buffer, steps
+        return build_attention_context(
+            encoded.starts,
+            decoder_start,
+            num_queries,
+            self.config.local_attention_window_len,
+            buffer,
+            steps is not None,
         )
 
     def _decode_with_twins(
