@@ -263,6 +263,18 @@ def build_query_attention_context(
     )
 
 
+def left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row of a left-padded `attention_mask` (batch, seq), how many padding columns come first (batch,)."""
+    return (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+
+
+def common_prefix_lengths(cached: torch.Tensor, given: torch.Tensor, comparable: torch.Tensor) -> torch.Tensor:
+    """Per row, how many first ids of `cached` and `given` (batch, n) agree, counting at most `comparable` (batch,)."""
+    offsets = torch.arange(cached.shape[1], device=cached.device)
+    same = (cached == given) & (offsets < comparable[:, None])
+    return same.long().cumprod(dim=1).sum(dim=1)
+
+
 @dataclass
 class RightToLeftPadding:
     """Rows that end in padding, each rolled right past its trailing padding so that all its padding comes first
@@ -562,8 +574,7 @@ class BltDiffusionCache:
         offsets = torch.arange(max(int(comparable.max()), 0), device=token_ids.device)
         cached = self.token_ids.gather(1, (self.starts[:, None] + offsets).clamp(max=self.token_ids.shape[1] - 1))
         given = token_ids.gather(1, (starts[:, None] + offsets).clamp(max=token_ids.shape[1] - 1))
-        same = (cached == given) & (offsets < comparable[:, None])
-        return same.long().cumprod(dim=1).sum(dim=1)
+        return common_prefix_lengths(cached, given, comparable)
 
     def layout(self) -> tuple:
         """What a cache's model decides, batch and capacity aside: layers, heads and widths of every buffer. Two
@@ -576,4 +587,4 @@ class BltDiffusionCache:
         return stack_layouts, latent_layout, self.encoder_states.shape[2], self.encoder_states.dtype
 
 
-__all__ = ["BltDiffusionCache", "RightToLeftPadding"]
+__all__ = ["BltDiffusionCache", "RightToLeftPadding", "common_prefix_lengths", "left_padding"]

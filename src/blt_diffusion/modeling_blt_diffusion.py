@@ -51,6 +51,7 @@ from .cache_blt_diffusion import (
     RightToLeftPadding,
     build_attention_context,
     build_query_attention_context,
+    left_padding,
     num_cross_attention_layers,
 )
 from .compiled_steps_blt_diffusion import CompiledDecodingSteps
@@ -1599,7 +1600,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             starts = (
                 torch.zeros(batch_size, dtype=torch.long, device=device)
                 if attention_mask is None
-                else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+                else left_padding(attention_mask)
             )
             if cache is not None:
                 cache.start_rows(starts)

@@ -33,6 +33,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from .cache_blt_diffusion import common_prefix_lengths, left_padding
 from .compiled_steps_blt_diffusion import capacity_for_compiled_steps, compiles_steps
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ def reuse_cache(cache: "BltDiffusionCache", input_ids: torch.Tensor, attention_m
     Args:
         input_ids (`torch.Tensor` of shape `(batch, prompt)`): prompts, left-padded under `attention_mask`.
     """
-    padding = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+    padding = left_padding(attention_mask)
     lengths = input_ids.shape[1] - padding
     held = cache.held_prefix_lengths(input_ids, padding, torch.full_like(padding, input_ids.shape[1]))
     # The last byte is always appended: its logits start decoding.
@@ -328,24 +329,18 @@ class CommittedByteRecord:
     `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
     committed per call. Positions a row never reached (it stopped earlier) hold zeros.
 
-    `values` (batch, capacity, vocab) grows by doubling as rows commit bytes.
+    `values` (batch, max_new_tokens, vocab) is allocated by the first write, which gives the vocabulary.
     """
 
-    def __init__(self):
+    def __init__(self, max_new_tokens: int):
+        self.max_new_tokens = max_new_tokens
         self.values: torch.Tensor | None = None
 
     def write(self, positions: torch.Tensor, vectors: torch.Tensor, rows_that_take: torch.Tensor) -> None:
         """Store `vectors` (batch, vocab) at generated position `positions` (batch,) of the rows that take a byte
         (batch,) boolean."""
-        needed = int(positions.max()) + 1
         if self.values is None:
-            self.values = vectors.new_zeros(vectors.shape[0], needed, vectors.shape[1])
-        elif needed > self.values.shape[1]:
-            grown = self.values.new_zeros(
-                self.values.shape[0], max(needed, 2 * self.values.shape[1]), *self.values.shape[2:]
-            )
-            grown[:, : self.values.shape[1]] = self.values
-            self.values = grown
+            self.values = vectors.new_zeros(vectors.shape[0], self.max_new_tokens, vectors.shape[1])
         rows = torch.arange(vectors.shape[0], device=vectors.device)
         self.values[rows, positions] = torch.where(rows_that_take[:, None], vectors, self.values[rows, positions])
 
@@ -381,7 +376,7 @@ class GenerationState:
         self.prompt_padding = (
             torch.zeros(batch_size, dtype=torch.long, device=device)
             if attention_mask is None
-            else (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+            else left_padding(attention_mask)
         )
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = generation_config.pad_token_id
@@ -398,8 +393,8 @@ class GenerationState:
         self.patcher_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.cell_encoder_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.last_scores: torch.Tensor | None = None
-        self.scores = CommittedByteRecord() if generation_config.output_scores else None
-        self.raw_logits = CommittedByteRecord() if generation_config.output_logits else None
+        self.scores = CommittedByteRecord(max_new_tokens) if generation_config.output_scores else None
+        self.raw_logits = CommittedByteRecord(max_new_tokens) if generation_config.output_logits else None
         if max_new_tokens == 0:
             self.unfinished[:] = False
         self.shared_length = self._shared_length()
@@ -452,9 +447,9 @@ class GenerationState:
             # Rows that take nothing may already be full; they rewrite their last byte unchanged.
             slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
             self.sequences[rows, slots] = torch.where(takes, tokens[:, index], self.sequences[rows, slots])
+            positions = slots - self.prompt_length
             for record, offered_vectors in ((self.scores, scores), (self.raw_logits, logits)):
                 if record is not None and offered_vectors is not None:
-                    positions = self.num_generated.clamp(max=self.max_new_tokens - 1)
                     record.write(positions, offered_vectors[:, index], takes)
             self.num_generated += takes.long()
             taken += takes.long()
@@ -512,18 +507,23 @@ class GenerationState:
         """
         if not processors:
             return logits
+        if not processors.reads_history:
+            return apply_processors(processors.batch, self.no_history(logits.shape[0]), logits)
         if appended is None:
             appended = self.sequences.new_zeros(logits.shape[0], 0)
-        if self.shared_length is not None or not processors.reads_history:
-            # Processors that read no ids may see rows of different lengths padded to one width.
-            width = self.shared_length if self.shared_length is not None else self.sequences.shape[1]
-            history = torch.cat([self.sequences[:, :width], appended], dim=1)
+        if self.shared_length is not None:
+            history = torch.cat([self.sequences[:, : self.shared_length], appended], dim=1)
             return apply_processors(processors.batch, history, logits)
         rows = []
         for row, length in enumerate((self.prompt_length + self.num_generated).tolist()):
             history = torch.cat([self.sequences[row, :length], appended[row]])[None]
             rows.append(apply_processors(processors.for_row(row), history, logits[row : row + 1]))
         return torch.cat(rows)
+
+    def no_history(self, num_rows: int) -> torch.Tensor:
+        """Ids (num_rows, 0) for processors that read only the scores (`RowwiseLogitsProcessors.reads_history` is
+        False): no history to copy for every step."""
+        return self.sequences.new_zeros(num_rows, 0)
 
     def process_positions(
         self, processors: RowwiseLogitsProcessors, logits: torch.Tensor, appended: torch.Tensor
@@ -533,9 +533,8 @@ class GenerationState:
         if not processors:
             return logits
         if not processors.reads_history:
-            # They read no ids (any rows do): one call covers every position, so a block of cells costs one call per
-            # denoising step, as a single byte does.
-            history = self.sequences[:, : self.prompt_length].repeat_interleave(logits.shape[1], dim=0)
+            # One call covers every position, so a block of cells costs one call per denoising step, as a byte does.
+            history = self.no_history(logits.shape[0] * logits.shape[1])
             return apply_processors(processors.batch, history, logits.flatten(0, 1)).view_as(logits)
         positions = range(logits.shape[1])
         return torch.stack([self.process(processors, logits[:, i], appended[:, :i]) for i in positions], dim=1)
@@ -606,8 +605,8 @@ class ProposedBytes:
 
     tokens: torch.Tensor
     counts: torch.Tensor | None
-    scores: torch.Tensor
-    logits: torch.Tensor
+    scores: torch.Tensor | None
+    logits: torch.Tensor | None
 
 
 class DecodingStrategy:
@@ -799,9 +798,12 @@ class BlockDenoiser:
         # Each denoising step then also runs the local encoder over the block, a cost of its own.
         self.cells_through_encoder = int(self.model.config.diffusion_cell_embedding == "encoder")
 
-    def denoise(self, state: GenerationState, cache, block_size: int) -> "DenoisedBlock":
+    def denoise(
+        self, state: GenerationState, cache, block_size: int, keep_scores: bool, keep_logits: bool
+    ) -> "DenoisedBlock":
         """Fill a block for every running row, counting one decoder call per step per running row. Finished rows ride
-        along in lockstep without steering the loop; their cells come back as padding."""
+        along in lockstep without steering the loop; their cells come back as padding. Each cell's processed scores
+        and raw logits are kept only when asked for (`keep_scores`, `keep_logits`)."""
         batch_size = state.sequences.shape[0]
         cells = torch.full((batch_size, block_size), self.mask_id, dtype=torch.long, device=state.sequences.device)
         masked = state.unfinished[:, None].expand_as(cells).clone()
@@ -815,11 +817,10 @@ class BlockDenoiser:
             tokens, scores = self.strategy.choose(state, logits, known)
             unmask = self.rule.select(masked, self.rule.rank(logits))
             cells = torch.where(unmask, tokens, cells)
-            if committing_scores is None:
-                committing_scores, committing_logits = scores, logits
-            else:
-                committing_scores = torch.where(unmask[..., None], scores, committing_scores)
-                committing_logits = torch.where(unmask[..., None], logits, committing_logits)
+            if keep_scores:
+                committing_scores = unmasked_now(unmask, scores, committing_scores)
+            if keep_logits:
+                committing_logits = unmasked_now(unmask, logits, committing_logits)
             masked &= ~unmask
             if state.streamer is not None and hasattr(state.streamer, "put_draft"):
                 state.streamer.put_draft(cells[0].cpu())
@@ -827,14 +828,21 @@ class BlockDenoiser:
         return DenoisedBlock(cells, committing_scores, committing_logits)
 
 
+def unmasked_now(unmask: torch.Tensor, new: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """Per cell (batch, block, vocab), `new` where `unmask` (batch, block) is True, else `kept` (all `new` at the
+    block's first step, when nothing is kept yet)."""
+    return new if kept is None else torch.where(unmask[..., None], new, kept)
+
+
 @dataclass
 class DenoisedBlock:
-    """A filled diffusion block: its bytes `cells` (batch, block), and per cell the processed scores and raw logits
-    (batch, block, vocab) of the denoising step that committed it, the distribution its byte was drawn from."""
+    """A filled diffusion block: its bytes `cells` (batch, block), and per cell, when kept, the processed scores and
+    raw logits (batch, block, vocab) of the denoising step that committed it, the distribution its byte was drawn
+    from."""
 
     cells: torch.Tensor
-    scores: torch.Tensor
-    logits: torch.Tensor
+    scores: torch.Tensor | None
+    logits: torch.Tensor | None
 
     def drawing_distributions(self, do_sample: bool) -> torch.Tensor:
         """The distribution each cell's byte was drawn from (batch, block, vocab): the processed one when sampling,
@@ -874,7 +882,8 @@ class DiffusionDecoding(DecodingStrategy):
     def next_tokens(self, state: GenerationState) -> ProposedBytes:
         remaining = state.max_new_tokens - state.num_generated
         block_size = min(self.denoiser.block_size, int(remaining[state.unfinished].max()))
-        block = self.denoiser.denoise(state, self.cache, block_size)
+        keep_scores, keep_logits = state.scores is not None, state.raw_logits is not None
+        block = self.denoiser.denoise(state, self.cache, block_size, keep_scores, keep_logits)
         return ProposedBytes(block.cells, None, block.scores, block.logits)
 
     def feed(self, state: GenerationState, tokens: torch.Tensor, taken: torch.Tensor) -> None:
@@ -1278,8 +1287,7 @@ class CausalLMDrafter(AssistantDrafter):
         order = torch.sort((~self.slot_mask).long(), dim=1, stable=True).indices[:, : len(offsets)]
         cached = self.slot_ids.gather(1, order)
         given = history.gather(1, (history.shape[1] - lengths[:, None] + offsets).clamp(max=history.shape[1] - 1))
-        same = (cached == given) & (offsets < comparable[:, None])
-        return same.long().cumprod(dim=1).sum(dim=1)
+        return common_prefix_lengths(cached, given, comparable)
 
     def read(self, input_ids: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
         """Run the assistant on new slots `input_ids` (batch, new), of which `counted` (batch, new) hold bytes (the
@@ -1340,7 +1348,7 @@ class DiffusionVerifiedDecoding(SpeculativeDecoding):
 
     def draft(self, state: GenerationState, draft_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft a block by diffusion after the committed bytes (denoising keeps nothing of the block's cells)."""
-        block = self.denoiser.denoise(state, self.cache, draft_length)
+        block = self.denoiser.denoise(state, self.cache, draft_length, keep_scores=True, keep_logits=False)
         return block.cells, block.drawing_distributions(self.generation_config.do_sample)
 
     def take_correction(self, state: GenerationState, correction: torch.Tensor) -> None:
