@@ -605,11 +605,25 @@ def test_fine_tune_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, corpus)
     assert not torch.equal(trained["lm_head.weight"], original["lm_head.weight"]), "the main model trained"
 
 
+def mostly_binary_corpus(tmp_path: Path) -> Path:
+    """A directory of one text file and two that are not UTF-8."""
+    corpus = tmp_path / "mostly-binary"
+    corpus.mkdir()
+    (corpus / "text.txt").write_text("x")
+    for index in range(2):
+        (corpus / f"binary{index}.txt").write_bytes(b"\xff\xfe\x00")
+    return corpus
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
         (lambda tmp, corpus: ["--data", str(tmp / "missing")], "training data not found: "),
         (lambda tmp, corpus: ["--data", str(corpus / "alpha.txt")], "--data holds fewer than two text files"),
+        (
+            lambda tmp, corpus: ["--data", str(mostly_binary_corpus(tmp)), "--suffix", ".txt"],
+            "--data holds fewer than two text files (.txt) (2 more were skipped as not valid UTF-8 text)",
+        ),
         (
             lambda tmp, corpus: ["--data", str(corpus), "--suffix", "rst"],
             "--data holds fewer than two text files (.rst)",
@@ -635,6 +649,7 @@ def test_fine_tune_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, corpus)
     ids=[
         "missing-data",
         "one-file",
+        "others-not-utf8",
         "no-file-with-suffix",
         "empty-heldout",
         "missing-init-from",
@@ -756,6 +771,8 @@ def test_convert_a_stock_checkpoint(capsys, tmp_path, stock_dir, pair, block_siz
 
     assert status == 0, err
     card = ModelCard.load(output_dir / "README.md")
+    assert card.text.lstrip().startswith("# converted"), "titled after OUTPUT_DIR, not the staging directory"
+    assert not list(tmp_path.glob(".converted.partial-*")), "the staging directory is gone"
     assert card.data.base_model == ("someone/stock-blt" if block_size else None)
     assert ("masked-byte embedding of block diffusion is new" in card.text) == (block_size > 0)
     assert "a 'blt' checkpoint" in out and "a 'blt_diffusion' checkpoint" in out

@@ -189,3 +189,10 @@ def test_diffusion_parameters_may_be_new_or_left_out(request, directory, overrid
     )
     assert model.config.diffusion_block_size == overrides["diffusion_block_size"]
     assert info["missing_keys"] == new_parameters
+
+
+def test_a_loaded_patcher_stays_frozen(stock_dir):
+    model = BltDiffusionForCausalLM.from_pretrained(stock_dir)
+    patcher = model.base_model.patcher
+    assert not any(parameter.requires_grad for parameter in patcher.parameters())
+    assert all(parameter.requires_grad for parameter in model.base_model.local_decoder.parameters())

@@ -674,9 +674,7 @@ def train(recipe: TrainingRecipe, training_args: TrainingArguments) -> int:
         except ValueError as error:
             raise CliError(one_line(error)) from error
         except TrainingDivergedError as error:
-            if main_process:
-                print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-            return TRAINING_DIVERGED
+            return report(f"error: {one_line(error)}", TRAINING_DIVERGED) if main_process else TRAINING_DIVERGED
     if main_process:
         print(f"held-out bits per byte: {results['heldout_bits_per_byte']:.4f}")
     return 0
@@ -750,20 +748,22 @@ def is_empty_dir(path: Path) -> bool:
 
 @contextlib.contextmanager
 def staged_directory(path: Path) -> Iterator[Path]:
-    """A new directory beside `path` to write into, moved to `path` (which must not exist, or be an empty directory)
-    when the block completes, and removed if it fails: `path` never holds a partial output that looks complete."""
+    """A new directory named as `path`, inside a hidden one beside it, to write into (what reads the directory's name,
+    as a model card's title does, sees the final one), moved to `path` (which must not exist, or be an empty
+    directory) when the block completes, and removed if it fails: `path` never holds a partial output that looks
+    complete."""
     # Resolved, so that `.` or `out/..` have a name and a parent.
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging_dir = path.parent / f".{path.name}.partial-{os.getpid()}"
-    staging_dir.mkdir()
+    staging_parent = path.parent / f".{path.name}.partial-{os.getpid()}"
+    staging_dir = staging_parent / path.name
+    staging_dir.mkdir(parents=True)
     try:
         yield staging_dir
         # Atomic; an empty directory at `path` is replaced, a non-empty one is an error.
         staging_dir.replace(path)
-    except BaseException:
-        shutil.rmtree(staging_dir, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(staging_parent, ignore_errors=True)
 
 
 def one_line(error: Exception) -> str:

@@ -118,10 +118,12 @@ def directory_entries(directory: Path, suffixes: Sequence[str] | None = None) ->
             yield candidate
 
 
-def non_utf8_count(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> int:
-    """How many files `text_files` skips under the directories among `paths` because they are not valid UTF-8."""
+def skipped_files_note(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> str:
+    """ " (N more were skipped as not valid UTF-8 text)": the files `text_files` skips under the directories among
+    `paths`, for an error about too few files; empty when it skips none."""
     directories = [path for path in map(Path, paths) if path.is_dir()]
-    return sum(not is_utf8(entry) for directory in directories for entry in directory_entries(directory, suffixes))
+    skipped = sum(not is_utf8(entry) for directory in directories for entry in directory_entries(directory, suffixes))
+    return f" ({skipped} more were skipped as not valid UTF-8 text)" if skipped else ""
 
 
 def split_text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> dict[str, list[Path]]:
@@ -148,9 +150,9 @@ def split_text_files(paths: Iterable[str | Path], suffixes: Sequence[str] | None
         for path in text_files([root], suffixes):
             names.setdefault(path, (path.relative_to(root) if root.is_dir() else Path(path.name)).as_posix())
     if len(names) < 2:
-        skipped = non_utf8_count(paths, suffixes)
-        because = f" ({skipped} more were skipped as not valid UTF-8 text)" if skipped else ""
-        raise ValueError(f"Holding out files needs at least two files, found {len(names)}{because}.")
+        raise ValueError(
+            f"Holding out files needs at least two files, found {len(names)}{skipped_files_note(paths, suffixes)}."
+        )
     ranked = sorted(names, key=lambda path: (stable_hash(names[path]) % HELDOUT_MODULUS, names[path], path))
     num_heldout = sum(stable_hash(name) % HELDOUT_MODULUS == 0 for name in names.values())
     num_heldout = min(max(num_heldout, 1), len(ranked) - 1)

@@ -35,6 +35,7 @@ from .data import (
     evenly_spaced_rows,
     heldout_bits_per_byte,
     pack_byte_sequences,
+    skipped_files_note,
     split_text_files,
     stdlib_source_files,
     text_files,
@@ -82,9 +83,10 @@ def training_files(recipe: TrainingRecipe) -> tuple[list[Path], list[Path]]:
         try:
             splits = split_text_files(recipe.data, recipe.suffixes)
         except ValueError:
+            skipped = skipped_files_note(recipe.data, recipe.suffixes)
             raise ValueError(
-                f"--data holds fewer than two text files ({suffixes}), so none can be held out: give more, or "
-                "--heldout-data"
+                f"--data holds fewer than two text files ({suffixes}){skipped}, so none can be held out: give more, "
+                "or --heldout-data"
             ) from None
         return splits["train"], splits["heldout"]
     data, heldout_data = recipe.data, recipe.heldout_data

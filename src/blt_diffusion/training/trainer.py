@@ -279,10 +279,6 @@ def train_model(
         `TrainingDivergedError`: a loss, gradient or weight is not finite; the model is not saved.
     """
     check_process_group(args)
-    if model.model.patcher is not None:
-        # `from_pretrained` leaves the patcher trainable. Frozen, it stays out of the optimizer, so that a checkpoint's
-        # optimizer state fits the model whether the run started from a new or a loaded one.
-        model.model.patcher.requires_grad_(False)
     callbacks = [TimeLimitCallback(max_minutes)] if max_minutes is not None else []
     trainer = BltTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks

@@ -974,6 +974,10 @@ class BltDiffusionPreTrainedModel(PreTrainedModel):
         kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
         model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         check_loaded_weights(loading_info, check_shapes)
+        if model.base_model.patcher is not None:
+            # transformers' loader makes every loaded parameter trainable again: the patcher stays frozen, as
+            # `BltDiffusionModel` builds it, out of every optimizer.
+            model.base_model.patcher.requires_grad_(False)
         return (model, loading_info) if output_loading_info else model
 
     @torch.no_grad()
