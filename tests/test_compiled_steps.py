@@ -71,11 +71,14 @@ def test_compiled_self_speculative_decoding_stays_lossless(pair, rows):
     assert float(output.acceptance_rate.mean()) > 0
 
 
-def test_compiled_block_diffusion_writes_the_uncompiled_bytes(diffusion_model, rows):
-    options = {"decoding": "diffusion", "block_size": 8, "confidence_threshold": 0.5}
-    _, expected = generate_new_bytes(diffusion_model, rows, new_bytes=32, **options)
-    _, actual = generate_new_bytes(diffusion_model, rows, new_bytes=32, compile_config=TRACED, **options)
-    assert torch.equal(actual, expected)
+def test_compiled_verified_diffusion_stays_lossless(diffusion_model, rows):
+    """BLT-DV's block steps run uncompiled, its corrections and verifications' single bytes compiled."""
+    _, expected = generate_new_bytes(diffusion_model, rows, new_bytes=32)
+    _, actual = generate_new_bytes(
+        diffusion_model, rows, new_bytes=32, decoding="diffusion_verified", block_size=8, compile_config=TRACED
+    )
+    assert_same_greedy_bytes(diffusion_model, rows, expected, actual)
+    assert compiled_steps_for(diffusion_model, TRACED).stacks
 
 
 def test_inductor_compiles_the_steps(default_pair, rows):
@@ -86,7 +89,9 @@ def test_inductor_compiles_the_steps(default_pair, rows):
     _, actual = generate_new_bytes(ours, rows[:1], new_bytes=16, compile_config=config)
     assert_same_greedy_bytes(ours, rows[:1], expected, actual, max_ties=0)
     has_compiler = any(shutil.which(compiler) for compiler in (os.environ.get("CXX", "g++"), "g++", "clang++"))
-    assert (compiled_steps_for(ours, config).unavailable is None) == has_compiler
+    steps = compiled_steps_for(ours, config)
+    assert (steps.unavailable is None) == has_compiler
+    assert steps.stacks, "the steps went through the compiled stacks"
 
 
 def refusing_backend(graph_module, example_inputs):

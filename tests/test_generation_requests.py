@@ -87,7 +87,10 @@ def test_processors_work_on_ragged_batches_and_keep_speculative_decoding_lossles
         # Rows accepted different numbers of drafted bytes, so they were processed apart, each with its own state.
         assert len(set(output.acceptance_rate.tolist())) > 1, decoding
     diffused = generate(diffusion_model, ragged_batch, decoding="diffusion", **processors).sequences
-    assert torch.equal(diffused[:, : ragged_batch[0].shape[1]], ragged_batch[0])
+    prompt_width = ragged_batch[0].shape[1]
+    assert torch.equal(diffused[:, :prompt_width], ragged_batch[0])
+    # Row 0's processors, built for it, reach every cell of its blocks.
+    assert bool((diffused[0, prompt_width:] == byte_id("x")).all())
 
 
 @pytest.mark.parametrize("decoding", DECODING_STRATEGIES)

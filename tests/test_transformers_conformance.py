@@ -82,7 +82,7 @@ def test_forward_returns_model_outputs_with_stock_blts_hidden_states_and_attenti
     lm_output = ours(input_ids, output_hidden_states=True, output_attentions=True)
     for name, value in output.items():
         if name not in ("last_hidden_state", "cache"):
-            assert all(map(torch.equal, lm_output[name], value)), name
+            assert len(lm_output[name]) == len(value) and all(map(torch.equal, lm_output[name], value)), name
     as_tuple = ours.model(input_ids, output_hidden_states=True, return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], output.last_hidden_state)
     assert len(as_tuple) == 5  # last_hidden_state and the four stacks' hidden states
@@ -147,8 +147,9 @@ def test_attention_implementation_is_chosen_and_refused_as_in_transformers(pair,
 
 @torch.no_grad()
 def test_right_padded_rows_give_what_each_row_gives_alone(pair):
-    """In forward, in a cache that later calls extend, and in generate, whose output keeps the prompts as given."""
-    _, ours = pair
+    """In forward, in a cache that later calls extend, and in generate, whose output keeps the prompts as given; each
+    row alone as stock computes it."""
+    stock, ours = pair
     rows = [text_ids(source_text(length, offset)) for length, offset in ((37, 300), (50, 1200), (21, 2500))]
     batch, mask = padded_batch(rows, ["right", "left", "right"])
     mask[1, -1], batch[1, -1] = 0, 3  # padding on both sides
@@ -162,10 +163,12 @@ def test_right_padded_rows_give_what_each_row_gives_alone(pair):
     assert torch.equal(generated[:, : batch.shape[1]], batch)
     for index, row in enumerate(rows):
         columns = mask[index].bool()
-        torch.testing.assert_close(logits[index, columns], ours(row).logits[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits[index, columns], stock(row, use_cache=False).logits[0], atol=1e-4, rtol=0)
         extended = torch.cat([row, following[index : index + 1]], dim=1)
-        torch.testing.assert_close(next_logits[index], ours(extended).logits[0, -1], atol=1e-4, rtol=0)
-        alone = ours.generate(row, max_new_tokens=16, min_new_tokens=16)
+        torch.testing.assert_close(
+            next_logits[index], stock(extended, use_cache=False).logits[0, -1], atol=1e-4, rtol=0
+        )
+        alone = stock.generate(row, max_new_tokens=16, min_new_tokens=16, do_sample=False, use_cache=False)
         assert torch.equal(generated[index, batch.shape[1] :], alone[0, row.shape[1] :])
 
 
