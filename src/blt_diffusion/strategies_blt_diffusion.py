@@ -324,6 +324,20 @@ def reuse_cache(cache: "BltDiffusionCache", input_ids: torch.Tensor, attention_m
     return width
 
 
+def open_cache(
+    model, cache: "BltDiffusionCache | None", input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int
+) -> tuple["BltDiffusionCache", torch.Tensor, torch.Tensor | None]:
+    """A cache for `model` to decode after the prompts `input_ids` (batch, prompt), left-padded under
+    `attention_mask`, and the prompt bytes it does not hold yet (batch, new) with their attention mask: `cache` kept
+    for the bytes it shares with the prompts (`reuse_cache`) where it can be, else a new one with room for `capacity`
+    bytes per row."""
+    if cache is not None:
+        width = reuse_cache(cache, input_ids, attention_mask)
+        if width is not None:
+            return cache, input_ids[:, -width:], None
+    return model.new_cache(input_ids.shape[0], capacity, device=input_ids.device), input_ids, attention_mask
+
+
 class CommittedByteRecord:
     """A (vocab,) vector per committed byte of every row (processed scores or raw logits), kept as transformers'
     `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
@@ -693,15 +707,10 @@ class DecodingStrategy:
         conversation continues without reading its history again; otherwise the cache is new, with room for
         `capacity` bytes per row.
         """
-        if cache is not None:
-            width = reuse_cache(cache, input_ids, attention_mask)
-            if width is not None:
-                self.cache = cache
-                return input_ids[:, -width:], None
         if compiles_steps(self.generation_config):
             capacity = capacity_for_compiled_steps(capacity)
-        self.cache = self.model.new_cache(input_ids.shape[0], capacity, device=input_ids.device)
-        return input_ids, attention_mask
+        self.cache, new_ids, new_mask = open_cache(self.model, cache, input_ids, attention_mask, capacity)
+        return new_ids, new_mask
 
     def finish(self, state: GenerationState) -> None:
         """Crop `self.cache` to the committed bytes it holds, so that a later `generate(..., cache=output.cache)`
@@ -1228,13 +1237,8 @@ class AssistantDrafter:
         """
         device = history.device
         history, attention_mask = history.to(self.model.device), real.long().to(self.model.device)
-        width = None if self.cache is None else reuse_cache(self.cache, history, attention_mask)
-        if width is None:
-            self.cache = self.model.new_cache(history.shape[0], history.shape[1], device=history.device)
-            logits = self.model.append_bytes(self.cache, history, attention_mask, last_only=True)
-        else:
-            logits = self.model.append_bytes(self.cache, history[:, -width:], last_only=True)
-        return logits.to(device)
+        self.cache, new_ids, new_mask = open_cache(self.model, self.cache, history, attention_mask, history.shape[1])
+        return self.model.append_bytes(self.cache, new_ids, new_mask, last_only=True).to(device)
 
     def append(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Read drafted bytes (batch, 1); the assistant's logits after them (batch, vocab)."""

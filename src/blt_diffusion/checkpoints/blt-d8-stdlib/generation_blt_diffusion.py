@@ -7,6 +7,7 @@ The strategies themselves (`DecodingStrategy`, registered in `DECODING_STRATEGIE
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -161,14 +162,19 @@ class BltDiffusionGenerationConfig(GenerationConfig):
             if getattr(self, name) is not None:
                 check_real(name, getattr(self, name), *interval)
 
-    def _validate_tokens(self) -> None:
-        """Special and forced ids are non-negative integers (the model checks them against its vocabulary), stop
-        strings non-empty strings."""
+    def special_token_ids(self) -> Iterator[tuple[str, object]]:
+        """Each set id of the special and forced id fields (`TOKEN_ID_FIELDS`), with its field's name, as given."""
         for name in TOKEN_ID_FIELDS:
             ids = getattr(self, name)
             for token_id in ids if isinstance(ids, list) else [ids]:
                 if token_id is not None:
-                    check_integer(name, token_id, minimum=0)
+                    yield name, token_id
+
+    def _validate_tokens(self) -> None:
+        """Special and forced ids are non-negative integers (the model checks them against its vocabulary), stop
+        strings non-empty strings."""
+        for name, token_id in self.special_token_ids():
+            check_integer(name, token_id, minimum=0)
         stop_strings = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings or []
         if any(not isinstance(stop, str) or not stop for stop in stop_strings):
             raise ValueError(f"`stop_strings` must be non-empty strings, got {self.stop_strings!r}.")
@@ -590,11 +596,9 @@ class BltDiffusionGenerationMixin(GenerationMixin):
                 "pads rows that stop early with it."
             )
         vocab_size = self.config.vocab_size
-        for name in TOKEN_ID_FIELDS:
-            ids = getattr(generation_config, name)
-            for token_id in ids if isinstance(ids, list) else [ids]:
-                if token_id is not None and token_id >= vocab_size:
-                    raise ValueError(f"`{name}` ({token_id}) is outside the model's vocabulary [0, {vocab_size}).")
+        for name, token_id in generation_config.special_token_ids():
+            if token_id >= vocab_size:
+                raise ValueError(f"`{name}` ({token_id}) is outside the model's vocabulary [0, {vocab_size}).")
         for name in ("suppress_tokens", "begin_suppress_tokens"):
             for token_id in getattr(generation_config, name) or []:
                 check_integer(name, token_id, minimum=0)
