@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 from conftest import PARITY_CONFIGS, assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
+from torch.overrides import TorchFunctionMode
 from transformers import CompileConfig
 
 from blt_diffusion.compiled_steps_blt_diffusion import (
@@ -79,6 +80,38 @@ def test_compiled_verified_diffusion_stays_lossless(diffusion_model, rows):
     )
     assert_same_greedy_bytes(diffusion_model, rows, expected, actual)
     assert compiled_steps_for(diffusion_model, TRACED).stacks
+
+
+class HostReads(TorchFunctionMode):
+    """Counts reads of tensor values on the host (`bool(t)`, `int(t)`, `t.item()`, `t.tolist()`): on a GPU each one
+    waits for the device to finish its queued work."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in {"__bool__", "__int__", "__float__", "__index__", "item", "tolist"}:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_compiled_autoregressive_steps_read_the_device_twice_per_byte(pair, rows):
+    """One read per step says whether the global transformer runs, where pooling looks and whether the decoder lags;
+    one says whether generation is done. Nothing else (processors' histories, stopping, the cache's bookkeeping)
+    reads the device, on ragged batches too."""
+    _, ours = pair
+
+    def host_reads(new_bytes: int) -> int:
+        generate_new_bytes(ours, rows, new_bytes=new_bytes, compile_config=TRACED)
+        with HostReads() as reads:
+            generate_new_bytes(ours, rows, new_bytes=new_bytes, compile_config=TRACED)
+        return reads.count
+
+    # The counting mode is part of what compiled graphs are guarded on: they compile again under it.
+    with torch._dynamo.config.patch(recompile_limit=64):
+        # The difference leaves out what a call reads once (its prompt, its arguments).
+        assert host_reads(40) - host_reads(8) <= 2 * 32
 
 
 def test_inductor_compiles_the_steps(default_pair, rows):

@@ -393,10 +393,10 @@ class BltDiffusionCache:
         """Closed patches of each row (batch,)."""
         return self.global_transformer.ends
 
-    def decoder_lags_behind(self, byte_ends: torch.Tensor) -> bool:
-        """Whether the decoder holds fewer bytes than `byte_ends` (batch,) in some row: the newest byte before them
-        waits for its final decoding (see `newest_decoding_is_provisional`)."""
-        return bool((self.decoder.ends < byte_ends).any())
+    def decoder_lag_rows(self, byte_ends: torch.Tensor) -> torch.Tensor:
+        """Rows (batch,) whose decoder holds fewer bytes than `byte_ends` (batch,): the newest byte before them waits
+        for its final decoding (see `newest_decoding_is_provisional`)."""
+        return self.decoder.ends < byte_ends
 
     def is_empty(self) -> bool:
         if not self.may_be_empty:

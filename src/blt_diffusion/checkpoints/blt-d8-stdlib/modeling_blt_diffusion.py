@@ -729,9 +729,9 @@ class EncodedBytes:
     context for the new bytes; the decoder attends over the same slots with the same window, so it reuses it.
     `patch_keys`: without a cache, when asked for, the global transformer's keys and values of this call's patches,
     which the provisional latents of training blocks anchored inside patches attend. `token_ids` (batch, new): the
-    new bytes' ids, 0 for left padding. `decoder_may_lag`: the cache's host-side answer, before this call, to whether
-    its decoder may hold fewer bytes than the other buffers (False spares a device read). `patches_closed`: whether
-    any of the new bytes may close a patch, known on the host.
+    new bytes' ids, 0 for left padding. `decoder_lags`: whether the cache's decoder holds fewer bytes than the other
+    buffers before this call, when the host knows it (None: `_decode` reads it from the device). `patches_closed`:
+    whether any of the new bytes may close a patch, known on the host.
     """
 
     byte_states: torch.Tensor
@@ -743,8 +743,38 @@ class EncodedBytes:
     byte_context: AttentionContext
     patch_keys: KeyValueBuffer | None = None
     token_ids: torch.Tensor | None = None
-    decoder_may_lag: bool = True
+    decoder_lags: bool | None = None
     patches_closed: bool = True
+
+
+@dataclass
+class StepPlan:
+    """What the host must know to run the data-dependent parts of a call, read from the device in one transfer (one
+    synchronisation on a GPU): `max_new_patches`, the most patches a row's new bytes close (the global transformer
+    runs when it, or the provisional open patch, is positive); `pooling_window`, the slots `[start, end)` that hold
+    the earlier bytes of the rows' open patches, which pooling reads from the cache; `decoder_lags`, whether the
+    cache's decoder holds fewer bytes than the other buffers in some row (False when the cache's host-side flag says
+    it cannot)."""
+
+    max_new_patches: int
+    pooling_window: tuple[int, int]
+    decoder_lags: bool
+
+    @classmethod
+    def read(
+        cls,
+        new_patches: torch.Tensor,
+        open_patch_start: torch.Tensor,
+        byte_ends: torch.Tensor,
+        cache: BltDiffusionCache | None,
+    ) -> "StepPlan":
+        """Read the plan from `new_patches`, `open_patch_start` and `byte_ends` (each (batch,)) and `cache`."""
+        values = [new_patches.max(), open_patch_start.min(), byte_ends.max()]
+        may_lag = cache is not None and cache.decoder_may_lag
+        if may_lag:
+            values.append(cache.decoder_lag_rows(byte_ends).any())
+        read = torch.stack([value.long() for value in values]).tolist()
+        return cls(read[0], (read[1], read[2]), bool(read[3]) if may_lag else False)
 
 
 def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodingSteps | None:
@@ -1561,13 +1591,14 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             patch_keys = KeyValueBuffer.for_stack(
                 self.config.global_config, input_ids.shape[0], num_new, byte_states.dtype, byte_states.device
             )
-        # The one host read a step needs: whether the global transformer runs.
-        max_new_patches = int(segmentation.new_patches.max())
+        # The one host read a step needs: whether the global transformer runs, where pooling looks, whether the
+        # decoder lags.
+        plan = StepPlan.read(segmentation.new_patches, open_patch_start, byte_ends, cache)
         latent_keys_values = self._close_patches(
             cache,
             byte_states,
             segmentation,
-            max_new_patches,
+            plan,
             open_patch_start,
             byte_ends,
             starts,
@@ -1575,7 +1606,6 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             with_open_patch,
             patch_keys,
         )
-        decoder_may_lag = cache.decoder_may_lag if cache is not None else False
         if cache is not None:
             cache.append_bytes(slots, token_ids, byte_states, segmentation.ends_patch)
         return EncodedBytes(
@@ -1588,8 +1618,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             byte_context=encoder_context,
             patch_keys=patch_keys,
             token_ids=token_ids,
-            decoder_may_lag=decoder_may_lag,
-            patches_closed=max_new_patches > 0,
+            decoder_lags=plan.decoder_lags,
+            patches_closed=plan.max_new_patches > 0,
         )
 
     def _append_slots(
@@ -1644,7 +1674,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         """
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
         byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
-        decoder_may_lag = cache.decoder_may_lag
+        decoder_lags = None if cache.decoder_may_lag else False
         steps = step_runner(cache, 1)
         encoder_context = build_attention_context(
             starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps is not None
@@ -1666,7 +1696,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             byte_ends,
             real,
             encoder_context,
-            decoder_may_lag=decoder_may_lag,
+            decoder_lags=decoder_lags,
             patches_closed=False,
         )
         return self._decode(cache, encoded)
@@ -1676,7 +1706,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         cache: BltDiffusionCache | None,
         byte_states: torch.Tensor,
         segmentation: PatchSegmentation,
-        max_new_patches: int,
+        plan: StepPlan,
         open_patch_start: torch.Tensor,
         byte_ends: torch.Tensor,
         starts: torch.Tensor,
@@ -1684,8 +1714,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         with_open_patch: bool = False,
         patch_keys: KeyValueBuffer | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Pool, globally encode and project the patches closed by this call's bytes, at most `max_new_patches` in a
-        row.
+        """Pool, globally encode and project the patches closed by this call's bytes, at most
+        `plan.max_new_patches` in a row.
 
         With `with_open_patch` (caching only), the open patch is pooled too, as if it were closed, in the same
         global call: its latent is provisional, stored one slot past the closed patches and not counted in them.
@@ -1694,15 +1724,15 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         Returns, per decoder cross-attention layer, the keys and values of every patch the decoder may read: the
         cache's buffers when caching, else those of this call's patches (batch, patches, k, kv_heads, head_dim).
         """
-        num_pooled = max_new_patches + int(with_open_patch)
+        num_pooled = plan.max_new_patches + int(with_open_patch)
         if num_pooled == 0:
             return cache.latent_keys_values if cache is not None else []
         device = byte_states.device
         batch_size = byte_states.shape[0]
         if cache is not None:
             # The open patch's earlier bytes live in the cache; pool over them and the new bytes together.
-            window_start = int(open_patch_start.min())
-            history_states = cache.encoder_states[:, window_start : int(byte_ends.max())]
+            window_start, window_end = plan.pooling_window
+            history_states = cache.encoder_states[:, window_start:window_end]
             history_slots = torch.arange(window_start, window_start + history_states.shape[1], device=device)
             in_open_patch = (history_slots >= open_patch_start[:, None]) & (history_slots < byte_ends[:, None])
             history_patch = torch.where(in_open_patch, 0, num_pooled)
@@ -1742,7 +1772,10 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         num_new = byte_states.shape[1]
         decoder_targets = encoded.segmentation.decoder_target
         decoder_start = encoded.byte_ends
-        if cache is not None and encoded.decoder_may_lag and cache.decoder_lags_behind(encoded.byte_ends):
+        decoder_lags = encoded.decoder_lags
+        if decoder_lags is None and cache is not None:
+            decoder_lags = bool(cache.decoder_lag_rows(encoded.byte_ends).any())
+        if decoder_lags:
             # The previous newest byte was decoded against a provisional latent (see `BltDiffusionCache`): decode it
             # again with its final one, in every row to keep one shape (identically where it was final already).
             decoder_start = encoded.byte_ends - 1

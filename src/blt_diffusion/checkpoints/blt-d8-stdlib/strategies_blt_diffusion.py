@@ -338,6 +338,10 @@ def open_cache(
     return model.new_cache(input_ids.shape[0], capacity, device=input_ids.device), input_ids, attention_mask
 
 
+# `GenerationState`'s mark for running rows known to hold different numbers of bytes.
+NOT_SHARED = object()
+
+
 class CommittedByteRecord:
     """A (vocab,) vector per committed byte of every row (processed scores or raw logits), kept as transformers'
     `generate` returns them: one (batch, vocab) tensor per generated position, whatever number of bytes each row
@@ -372,6 +376,11 @@ class GenerationState:
     bytes per row. Strategies commit bytes through `commit`, which applies EOS, the exact `max_new_tokens` budget,
     stopping criteria and streaming in one place, and keeps the processed scores and raw logits of committed bytes
     when the generation config asks for them (`output_scores`, `output_logits`).
+
+    Each read of a device value is a synchronisation on a GPU, so the host keeps what it can work out without one:
+    whether some row runs (from the last `done`), the running rows' common length and the longest row's, which stay
+    known while every running row takes each offered byte (autoregressive decoding) and are read again only after a
+    commit of different numbers of bytes per row.
     """
 
     def __init__(
@@ -411,11 +420,34 @@ class GenerationState:
         self.raw_logits = CommittedByteRecord(max_new_tokens) if generation_config.output_logits else None
         if max_new_tokens == 0:
             self.unfinished[:] = False
-        self.shared_length = self._shared_length()
+        # Host-side knowledge, None when it must be read: the last `done` answer, the running rows' common length
+        # (NOT_SHARED when they differ) and the longest row's length.
+        self._done: bool | None = None
+        self._running_length: int | object | None = prompt_length
+        self._longest: int | None = prompt_length
 
     @property
     def done(self) -> bool:
-        return not bool(self.unfinished.any())
+        if self._done is None:
+            self._done = not bool(self.unfinished.any())
+        return self._done
+
+    @property
+    def shared_length(self) -> int | None:
+        """The committed length (prompt included) of every running row, the longest row's when none runs, or None
+        when running rows differ (speculative decoding accepts different numbers of bytes per row)."""
+        if self.done:
+            return self.longest()
+        if self._running_length is None:
+            lengths = (self.prompt_length + self.num_generated)[self.unfinished]
+            self._running_length = int(lengths[0]) if bool((lengths == lengths[0]).all()) else NOT_SHARED
+        return None if self._running_length is NOT_SHARED else self._running_length
+
+    def longest(self) -> int:
+        """The longest row's committed length, prompt included."""
+        if self._longest is None:
+            self._longest = self.prompt_length + int(self.num_generated.max())
+        return self._longest
 
     def count_calls(
         self,
@@ -449,14 +481,20 @@ class GenerationState:
             `torch.Tensor` of shape `(batch,)`: how many bytes each row took.
         """
         batch_size, num_offered = tokens.shape
+        # With one count for all, every running row takes each offered byte until it stops, and rows that run do not
+        # exceed their budget: the host then knows that the running rows keep one length, and that some row takes
+        # the first byte when `done` last said that some row runs.
+        uniform_length = self.shared_length if counts is None and self._done is False else None
+        self._done = None
         offered = torch.full_like(self.num_generated, num_offered) if counts is None else counts.clone()
         offered = torch.minimum(offered, self.max_new_tokens - self.num_generated)
         offered = torch.where(self.unfinished, offered, 0)
         rows = torch.arange(batch_size, device=tokens.device)
         taken = torch.zeros_like(offered)
+        num_taken_by_running = 0
         for index in range(num_offered):
             takes = self.unfinished & (index < offered)
-            if not bool(takes.any()):
+            if (uniform_length is None or index > 0) and not bool(takes.any()):
                 break
             # Rows that take nothing may already be full; they rewrite their last byte unchanged.
             slots = (self.prompt_length + self.num_generated).clamp(max=self.sequences.shape[1] - 1)
@@ -467,28 +505,21 @@ class GenerationState:
                     record.write(positions, offered_vectors[:, index], takes)
             self.num_generated += takes.long()
             taken += takes.long()
+            num_taken_by_running += 1
+            self._longest = None if uniform_length is None else max(self.longest(), uniform_length + index + 1)
             stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
             self.unfinished &= ~(takes & stopped)
         self.unfinished &= self.num_generated < self.max_new_tokens
-        self.shared_length = self._shared_length()
+        self._running_length = None if uniform_length is None else uniform_length + num_taken_by_running
         if self.streamer is not None and int(taken[0]) > 0:
             end = self.prompt_length + int(self.num_generated[0])
             self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
         return taken
 
-    def _shared_length(self) -> int | None:
-        """The committed length (prompt included) of every running row, the longest row's when none runs, or None
-        when running rows differ (speculative decoding accepts different numbers of bytes per row)."""
-        lengths = self.prompt_length + self.num_generated
-        running = lengths[self.unfinished]
-        if running.numel() == 0:
-            return int(lengths.max())
-        return int(running[0]) if bool((running == running[0]).all()) else None
-
     def right_aligned(self) -> torch.Tensor:
         """Sequences (batch, longest) with each row's last byte in the last column, as stopping criteria expect."""
         lengths = self.prompt_length + self.num_generated
-        width = int(lengths.max())
+        width = self.longest()
         columns = lengths[:, None] - width + torch.arange(width, device=lengths.device)
         aligned = self.sequences.gather(1, columns.clamp(min=0))
         return aligned.masked_fill(columns < 0, self.pad_token_id)
@@ -507,7 +538,7 @@ class GenerationState:
         return self.sequences, self.prompt_padding, self.prompt_length + self.num_generated
 
     def output_sequences(self) -> torch.Tensor:
-        return self.sequences[:, : self.prompt_length + int(self.num_generated.max())]
+        return self.sequences[:, : self.longest()]
 
     def process(
         self, processors: RowwiseLogitsProcessors, logits: torch.Tensor, appended: torch.Tensor | None = None
