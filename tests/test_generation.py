@@ -275,6 +275,34 @@ def test_block_commit_stops_right_after_a_stop_string_inside_a_block(tiny_model)
     assert state.output_sequences()[0, 1:].tolist() == ids_of("xEND")
 
 
+def test_lengths_kept_on_the_host_stay_those_on_the_device(tiny_model):
+    """Between reads of `done`, commits that offer every running row the same bytes keep the running rows' common
+    length and the longest row's on the host instead of reading them; whatever the mix of commits (a longer row that
+    stopped, per-row counts, EOS inside a block, the budget), they must be what the device holds."""
+    prompt = torch.tensor([[BOS, 70], [BOS, 71], [BOS, 72]])
+    state = block_state(tiny_model, prompt, max_new_tokens=12)
+    commits = [
+        ([ids_of("a"), ids_of("b"), ids_of("c")], None),
+        ([ids_of("dez"), ids_of("xy") + [EOS], ids_of("fgz")], [1, 3, 1]),  # row 1 stops, longer than the others
+        ([ids_of("hi"), ids_of("jk"), ids_of("lm")], None),
+        ([ids_of("n"), ids_of("o"), ids_of("p")], None),
+        ([ids_of("q") + [EOS] + ids_of("r"), ids_of("stu"), ids_of("vwx")], None),  # row 0 stops inside a block
+        ([ids_of("abcdefgh")] * 3, None),  # row 2 reaches the budget
+    ]
+    for tokens, counts in commits:
+        assert not state.done
+        state.commit(torch.tensor(tokens), None if counts is None else torch.tensor(counts))
+        lengths = state.prompt_length + state.num_generated
+        running = lengths[state.unfinished]
+        assert state.longest() == int(lengths.max())
+        if running.numel() == 0:
+            assert state.shared_length == int(lengths.max())
+        else:
+            assert state.shared_length == (int(running[0]) if bool((running == running[0]).all()) else None)
+    assert state.done
+    assert state.num_generated.tolist() == [7, 4, 12]
+
+
 # --- The strategy registry -------------------------------------------------------------------------------------------
 
 
