@@ -4,10 +4,14 @@ On the 40M benchmark model (`benchmark_blt_config()`, calibrated as `bench_gener
 one process:
 
 - greedy autoregressive generation, uncompiled and with compiled steps (`compile_config=CompileConfig()`);
+- the same compiled generation on a copy of the model whose weights are stored column-major (transposed in memory),
+  which selects another matrix-vector kernel;
+- the compiled graphs alone: the time spent inside the compiled stacks' code during one compiled generation
+  (profiler events of the compiled graphs), i.e. what the compiled steps would cost if nothing ran around them:
+  no guard checks, no Python, no hashing, patching, pooling or stopping;
 - the floor: replaying only the matrix products that generation ran (every `nn.Linear` call with one row per
   sequence, recorded by forward hooks), on the same weights in the same order, with nothing around them; once with
-  the weights as stored (row-major) and once transposed in memory (column-major), which selects another matrix-vector
-  kernel.
+  the weights as stored (row-major) and once column-major.
 
 A step cannot take less time than its matrix products, so `bytes/s at the floor` bounds what removing every other
 cost (Python, dispatch, attention, bookkeeping) could give; the products' bytes of weights per second is the memory
@@ -17,6 +21,7 @@ bandwidth they reach.
 """
 
 import argparse
+import copy
 import time
 
 import torch
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 import transformers
 from bench_generation import CALIBRATION_SLICE, PROMPT_OFFSET, build_models, source_ids
 from torch import nn
+from torch.profiler import profile
 from transformers import CompileConfig
 
 from blt_diffusion import BltDiffusionTokenizer
@@ -60,6 +66,29 @@ def replay_seconds(calls: list[tuple[torch.Tensor, int]], column_major: bool) ->
     return best
 
 
+def store_column_major(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose linear weights are transposed in memory (same values, other strides)."""
+    transposed = copy.deepcopy(model)
+    for module in transposed.modules():
+        if isinstance(module, nn.Linear):
+            module.weight = nn.Parameter(module.weight.detach().t().contiguous().t(), requires_grad=False)
+    return transposed
+
+
+def compiled_graph_seconds(generate) -> float:
+    """Seconds spent inside compiled graphs while `generate()` runs (the profiler's events of compiled graphs)."""
+    with profile() as profiler:
+        generate()
+    return (
+        sum(
+            event.cpu_time_total
+            for event in profiler.key_averages()
+            if event.key.startswith("## Call CompiledFxGraph")
+        )
+        / 1e6
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -73,9 +102,11 @@ def main() -> None:
     prompt = source_ids(tokenizer, slice(PROMPT_OFFSET, PROMPT_OFFSET + 64))
     compiled = CompileConfig()
 
-    def generate(compile_config: CompileConfig | None = None) -> float:
+    column_major = store_column_major(model)
+
+    def generate(compile_config: CompileConfig | None = None, generating_model: nn.Module = model) -> float:
         start = time.perf_counter()
-        model.generate(
+        generating_model.generate(
             prompt,
             max_new_tokens=args.new_bytes,
             min_new_tokens=args.new_bytes,
@@ -86,11 +117,14 @@ def main() -> None:
 
     with torch.inference_mode():
         warm_up = generate(compiled)
+        generate(compiled, column_major)
         generate()
-        seconds = {"uncompiled": [], "compiled": []}
+        seconds = {"uncompiled": [], "compiled": [], "compiled, weights column-major": []}
         for _ in range(args.repeats):
             seconds["uncompiled"].append(generate())
             seconds["compiled"].append(generate(compiled))
+            seconds["compiled, weights column-major"].append(generate(compiled, column_major))
+        graphs = min(compiled_graph_seconds(lambda: generate(compiled)) for _ in range(args.repeats))
         calls = record_products(model, generate)
         floors = {layout: replay_seconds(calls, layout == "column-major") for layout in ("row-major", "column-major")}
 
@@ -100,15 +134,18 @@ def main() -> None:
         f"40M model, {args.new_bytes} bytes after a 64-byte prompt, {args.threads} thread(s), torch", torch.__version__
     )
     print(f"(first compiled call, compiling: {warm_up:.1f} s; {len(calls) / args.new_bytes:.0f} products per byte)\n")
-    print("| | bytes/s | vs uncompiled | weights read (GB/s) |")
-    print("|---|---:|---:|---:|")
+    print("| | bytes/s | ms per byte | vs uncompiled | weights read (GB/s) |")
+    print("|---|---:|---:|---:|---:|")
+
+    def row(label: str, total_seconds: float, bandwidth: str = "") -> None:
+        speed = args.new_bytes / total_seconds
+        print(f"| {label} | {speed:.0f} | {1e3 / speed:.2f} | {speed / base:.2f}x | {bandwidth} |")
+
     for label, values in seconds.items():
-        speed = args.new_bytes / min(values)
-        print(f"| generation, {label} | {speed:.0f} | {speed / base:.2f}x | |")
+        row(f"generation, {label}", min(values))
+    row("compiled graphs alone (nothing around them)", graphs)
     for layout, floor in floors.items():
-        speed = args.new_bytes / floor
-        bandwidth = weight_bytes / floor / 1e9
-        print(f"| floor: products alone, {layout} | {speed:.0f} | {speed / base:.2f}x | {bandwidth:.1f} |")
+        row(f"floor: products alone, {layout}", floor, f"{weight_bytes / floor / 1e9:.1f}")
 
 
 if __name__ == "__main__":
