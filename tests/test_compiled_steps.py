@@ -11,11 +11,21 @@ import shutil
 
 import pytest
 import torch
-from conftest import PARITY_CONFIGS, assert_same_greedy_bytes, build_pair, generate_new_bytes, left_pad, spread_prompts
+from conftest import (
+    PARITY_CONFIGS,
+    assert_same_greedy_bytes,
+    build_pair,
+    generate_new_bytes,
+    left_pad,
+    source_text,
+    spread_prompts,
+    text_ids,
+)
 from torch.overrides import TorchFunctionMode
 from transformers import CompileConfig
 
 from blt_diffusion.compiled_steps_blt_diffusion import (
+    attended_slots,
     capacity_for_compiled_steps,
     compiled_steps_for,
     torch_compile_arguments,
@@ -43,6 +53,9 @@ def rows():
 
 def test_compiled_steps_give_stock_bytes(pair, rows):
     stock, ours = pair
+    # The long prompt takes the batch's slots past 256 while generating: the compiled steps then read 512 slots
+    # instead of 256 (`attended_slots`), a new shape mid-generation.
+    rows = rows + [text_ids(source_text(235, 4000))]
     # Stock one row at a time: its batched output changes with padding.
     expected = torch.cat(
         [
@@ -156,6 +169,19 @@ def test_an_unknown_backend_is_refused_before_generating(default_pair):
     batch, _ = left_pad(spread_prompts(1))
     with pytest.raises(ValueError, match="compile_config.backend='no-such-backend'"):
         ours.generate(batch, max_new_tokens=4, compile_config=CompileConfig(backend="no-such-backend"))
+
+
+def test_compiled_steps_read_the_slots_in_use_not_the_whole_capacity(default_pair):
+    """A long generation's early steps read as many slots as its text holds, rounded up to a power of two, and never
+    more than its buffers have."""
+    _, ours = default_pair
+    cache = ours.new_cache(batch_size=2, capacity=4096)
+    assert (cache.fixed_byte_keys(1), cache.fixed_patch_keys(1)) == (256, 256)
+    cache.end_bound, cache.patch_end_bound = 300, 80
+    assert (cache.fixed_byte_keys(1), cache.fixed_patch_keys(1)) == (512, 256)
+    cache.end_bound = 4000
+    assert cache.fixed_byte_keys(1) == 4096
+    assert attended_slots(9000, capacity=4096) == 4096
 
 
 @pytest.mark.parametrize("capacity, rounded", [(1, 256), (256, 256), (257, 512), (1000, 1024)])

@@ -5,9 +5,11 @@ closes a patch, the global transformer) on one position each. On a CPU most of s
 not arithmetic: a 128-wide layer spends more time in Python and dispatch than in its matrix products. Compiling each
 stack's step into one graph removes that overhead, and on a GPU it is what CUDA graphs capture.
 
-A compiled graph needs shapes that do not change from step to step, so a compiled step attends its key/value
-buffer's whole capacity under a mask (`build_attention_context(..., fixed_shape=True)`) instead of the slice that
-holds keys, and writes its keys through tensors of slots. Everything around the stacks (hash n-grams, patch
+A compiled graph needs shapes that do not change from step to step, so a compiled step attends a fixed number of
+its key/value buffer's first slots under a mask (`build_attention_context(..., fixed_keys=...)`) instead of the
+slice that holds keys, and writes its keys through tensors of slots. That number is the slots in use rounded up to a
+power of two (`attended_slots`): a step's shape changes only when the text crosses one, and a long generation does
+not pay, at every byte, for the whole capacity it will reach. Everything around the stacks (hash n-grams, patch
 boundaries, pooling, the cache's bookkeeping, logits processors) stays eager: it depends on data, and it is a small
 share of a step.
 
@@ -17,6 +19,8 @@ backend), generation warns once and goes on uncompiled, with the same bytes.
 """
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -52,6 +56,12 @@ def capacity_for_compiled_steps(capacity: int) -> int:
     return max(256, 1 << (max(capacity, 1) - 1).bit_length())
 
 
+def attended_slots(needed: int, capacity: int) -> int:
+    """How many of a buffer's first slots a compiled step reads when its queries and keys lie before slot `needed`:
+    `needed` rounded up as cache capacities are (`capacity_for_compiled_steps`), at most the buffer's `capacity`."""
+    return min(capacity, capacity_for_compiled_steps(needed))
+
+
 def torch_compile_arguments(compile_config: CompileConfig, device: torch.device) -> dict:
     """The `torch.compile` keyword arguments that `compile_config` means for steps on `device`."""
     arguments = compile_config.to_dict()
@@ -76,7 +86,7 @@ class CompiledDecodingSteps:
     """The transformer stacks of one model, each compiled on first use as `compile_config` says.
 
     Call `run(stack, *inputs)` in place of `stack(*inputs)` for a single-position step whose attention context comes
-    from `build_attention_context(..., fixed_shape=True)`. On a CPU, where CUDA graphs do not exist, inductor's C++
+    from `build_attention_context(..., fixed_keys=...)`. On a CPU, where CUDA graphs do not exist, inductor's C++
     wrapper (no Python between kernels) is used unless the config gives inductor options of its own.
     """
 
@@ -132,10 +142,35 @@ def compiled_steps_for(model: nn.Module, compile_config: CompileConfig) -> Compi
     return by_config[key]
 
 
+# Graphs dynamo may keep per stack while compiled steps decode: one per batch size, attended span (a power of two: a
+# long generation crosses several) and number of queries (the decoder's one or two). Dynamo's default, 8, is about one
+# long generation's worth, past which it would run new shapes uncompiled.
+STEP_GRAPHS_PER_STACK = 64
+
+
+@contextmanager
+def compiled_decoding_steps(model: nn.Module, cache, generation_config) -> Iterator[None]:
+    """Decode with `model`'s compiled steps on `cache` inside this block, when `generation_config` asks for them: the
+    cache carries them (its single-position calls run them) and dynamo may keep `STEP_GRAPHS_PER_STACK` graphs per
+    stack (other code keeps the user's limit)."""
+    if not compiles_steps(generation_config):
+        yield
+        return
+    cache.compiled_steps = compiled_steps_for(model, generation_config.compile_config)
+    limit = max(torch._dynamo.config.recompile_limit, STEP_GRAPHS_PER_STACK)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            yield
+    finally:
+        cache.compiled_steps = None
+
+
 __all__ = [
     "CompiledDecodingSteps",
+    "attended_slots",
     "capacity_for_compiled_steps",
     "check_compile_config",
+    "compiled_decoding_steps",
     "compiled_steps_for",
     "compiles_steps",
     "torch_compile_arguments",

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .compiled_steps_blt_diffusion import CompiledDecodingSteps, attended_slots
+
 if TYPE_CHECKING:
     from .block_diffusion_blt_diffusion import BlockDiffusionLayout
-    from .compiled_steps_blt_diffusion import CompiledDecodingSteps
     from .configuration_blt_diffusion import BltDiffusionConfig
 
 
@@ -189,16 +190,16 @@ def build_attention_context(
     num_new: int,
     sliding_window: int | None,
     buffer: KeyValueBuffer | None,
-    fixed_shape: bool = False,
+    fixed_keys: int | None = None,
 ) -> AttentionContext:
     """Positions and causal (optionally sliding-window) mask for `num_new` tokens appended after `ends` (batch,).
 
     A query in slot q of row r may attend slot s when `starts[r] <= s <= q` and, with a window W, `s > q - W`.
     Left-padding queries (q < starts[r]) attend only themselves, which keeps them finite and harmless.
 
-    With `fixed_shape` (and a buffer), the queries read the buffer's whole capacity under a mask instead of the slots
-    that hold keys: shapes then never change from step to step and nothing reads a tensor's value on the host, as a
-    compiled step needs (see `compiled_steps_blt_diffusion.py`).
+    With `fixed_keys` (and a buffer), the queries read the buffer's first `fixed_keys` slots under a mask instead of
+    the slots that hold keys: shapes then change only with `fixed_keys` and nothing reads a tensor's value on the
+    host, as a compiled step needs (see `compiled_steps_blt_diffusion.py`). It must exceed every query's slot.
     """
     device = ends.device
     new_offsets = torch.arange(num_new, device=device)
@@ -206,8 +207,8 @@ def build_attention_context(
     shared_write_start = None
     if buffer is None:
         key_start, key_end = 0, num_new
-    elif fixed_shape:
-        key_start, key_end = 0, buffer.capacity
+    elif fixed_keys is not None:
+        key_start, key_end = 0, fixed_keys
     else:
         earliest, latest = int(ends.min()), int(ends.max())
         key_end = latest + num_new
@@ -218,7 +219,7 @@ def build_attention_context(
     return AttentionContext(
         position_ids=(query_slots - starts[:, None]).clamp(min=0),
         # SDPA's unmasked path is faster, and one query reading its whole window (a decoding step) needs no mask.
-        mask=allowed[:, None] if fixed_shape or not bool(allowed.all()) else None,
+        mask=allowed[:, None] if fixed_keys is not None or not bool(allowed.all()) else None,
         buffer=buffer,
         write_slots=query_slots if buffer is not None else None,
         shared_write_start=shared_write_start,
@@ -375,6 +376,8 @@ class BltDiffusionCache:
         # bound on every row's end, and whether the cache may hold no byte (only a new or cropped one may).
         self.end_bound = 0
         self.may_be_empty = True
+        # The same bound for the patch buffer: raised by every patch slot written, kept by crops.
+        self.patch_end_bound = 0
         # Whether the decoder may hold fewer bytes than the other buffers (see `mark_decoded`).
         self.decoder_may_lag = False
 
@@ -417,6 +420,15 @@ class BltDiffusionCache:
     def lengths(self) -> torch.Tensor:
         """Bytes held by each row, padding excluded (batch,)."""
         return self.byte_ends - self.starts
+
+    def fixed_byte_keys(self, num_new: int) -> int:
+        """Slots of the byte-level buffers that a compiled step reads when `num_new` bytes follow the rows' ends
+        (`attended_slots` of the host-side bound on them)."""
+        return attended_slots(self.end_bound + num_new, self.capacity)
+
+    def fixed_patch_keys(self, num_new: int) -> int:
+        """Slots of the patch buffer that a compiled step reads when `num_new` patches follow the rows' patches."""
+        return attended_slots(self.patch_end_bound + num_new, self.global_transformer.capacity)
 
     def open_patch_starts(self) -> torch.Tensor:
         """First slot of each row's open patch (batch,): one past the last byte that ended a patch."""
@@ -510,6 +522,7 @@ class BltDiffusionCache:
             key_buffer[rows, patch_slots] = keys.to(key_buffer.dtype)
             value_buffer[rows, patch_slots] = values.to(value_buffer.dtype)
         self.global_transformer.advance(num_patches + num_closed)
+        self.patch_end_bound += num_new
 
     def mark_decoded(
         self,

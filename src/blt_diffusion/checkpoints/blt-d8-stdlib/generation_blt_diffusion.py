@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_blt_diffusion import BltDiffusionCache, RightToLeftPadding
-from .compiled_steps_blt_diffusion import check_compile_config, compiled_steps_for, compiles_steps
+from .compiled_steps_blt_diffusion import check_compile_config, compiled_decoding_steps, compiles_steps
 from .strategies_blt_diffusion import (
     BLOCK_SIZE,
     CONFIDENCE_THRESHOLD,
@@ -411,18 +411,14 @@ class BltDiffusionGenerationMixin(GenerationMixin):
         if streamer is not None:
             streamer.put(prompts.cpu())
         if not state.done:
-            if compiles_steps(generation_config):
-                # The prompt was read uncompiled: its length is a shape of its own, read once.
-                strategy.cache.compiled_steps = compiled_steps_for(self, generation_config.compile_config)
-            try:
+            # The prompt was read uncompiled: its length is a shape of its own, read once.
+            with compiled_decoding_steps(self, strategy.cache, generation_config):
                 while True:
                     proposed = strategy.next_tokens(state)
                     taken = state.commit(proposed.tokens, proposed.counts, proposed.scores, proposed.logits)
                     if state.done:
                         break
                     strategy.feed(state, proposed.tokens, taken)
-            finally:
-                strategy.cache.compiled_steps = None
             strategy.finish(state)
         if streamer is not None:
             streamer.end()

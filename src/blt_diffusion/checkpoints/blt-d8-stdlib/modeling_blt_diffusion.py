@@ -783,7 +783,7 @@ def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodi
 
 
 def run_stack(steps: CompiledDecodingSteps | None, stack: nn.Module, *inputs) -> torch.Tensor:
-    """`stack(*inputs)`, compiled when `steps` are given (their context built with `fixed_shape`)."""
+    """`stack(*inputs)`, compiled when `steps` are given (their context built with `fixed_keys`)."""
     return stack(*inputs) if steps is None else steps.run(stack, *inputs)
 
 
@@ -1562,6 +1562,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         byte_embeddings = self._embed_new_bytes(token_ids, cache, starts, byte_ends)
 
         steps = step_runner(cache, num_new)
+        fixed_keys = cache.fixed_byte_keys(num_new) if steps is not None else None
         entropies = None
         if self.patcher is not None:
             patcher_buffer = cache.patcher if cache is not None else None
@@ -1571,12 +1572,12 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
                 num_new,
                 self.config.patcher_config.sliding_window,
                 patcher_buffer,
-                fixed_shape=steps is not None,
+                fixed_keys,
             )
             entropies = run_stack(steps, self.patcher, token_ids, patcher_context)
         window = self.config.local_attention_window_len
         encoder_context = build_attention_context(
-            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, steps is not None
+            starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, fixed_keys
         )
         byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
 
@@ -1677,7 +1678,12 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         decoder_lags = None if cache.decoder_may_lag else False
         steps = step_runner(cache, 1)
         encoder_context = build_attention_context(
-            starts, byte_ends, 1, self.config.local_attention_window_len, cache.encoder, steps is not None
+            starts,
+            byte_ends,
+            1,
+            self.config.local_attention_window_len,
+            cache.encoder,
+            cache.fixed_byte_keys(1) if steps is not None else None,
         )
         byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
         cache.append_draft_byte(slots, input_ids)
@@ -1757,7 +1763,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             num_pooled,
             None,
             cache.global_transformer if cache is not None else patch_keys,
-            steps is not None,
+            cache.fixed_patch_keys(num_pooled) if steps is not None else None,
         )
         global_states = run_stack(steps, self.global_transformer, patch_embeddings, global_context)
         new_keys_values = self.local_decoder.latent_keys_values(global_states)
@@ -1826,7 +1832,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             num_queries,
             self.config.local_attention_window_len,
             buffer,
-            steps is not None,
+            # This call's bytes are in the cache's bound already.
+            cache.fixed_byte_keys(0) if steps is not None else None,
         )
 
     def _decode_with_twins(
