@@ -782,7 +782,7 @@ def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodi
     return cache.compiled_steps if cache is not None and num_new == 1 else None
 
 
-def run_stack(steps: CompiledDecodingSteps | None, stack: nn.Module, *inputs) -> torch.Tensor:
+def run_stack(steps: CompiledDecodingSteps | None, stack: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
     """`stack(*inputs)`, compiled when `steps` are given (their context built with `fixed_keys`)."""
     return stack(*inputs) if steps is None else steps.run(stack, *inputs)
 
@@ -1559,7 +1559,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, attention_mask)
         positions = slots - starts[:, None]
         token_ids = input_ids.masked_fill(~real, 0)
-        byte_embeddings = self._embed_new_bytes(token_ids, cache, starts, byte_ends)
+        context_ids = self._bytes_with_context(token_ids, cache, starts, byte_ends)
 
         steps = step_runner(cache, num_new)
         fixed_keys = cache.fixed_byte_keys(num_new) if steps is not None else None
@@ -1579,7 +1579,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         encoder_context = build_attention_context(
             starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, fixed_keys
         )
-        byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
+        byte_states = run_stack(steps, self.encode_new_bytes, context_ids, num_new, encoder_context)
 
         num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
         open_patch_start = cache.open_patch_starts() if cache is not None else starts
@@ -1645,21 +1645,27 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         slots = byte_ends[:, None] + torch.arange(num_new, device=device)
         return starts, byte_ends, slots, slots >= starts[:, None]
 
-    def _embed_new_bytes(
+    def _bytes_with_context(
         self,
         token_ids: torch.Tensor,
         cache: BltDiffusionCache | None,
         starts: torch.Tensor,
         byte_ends: torch.Tensor,
     ) -> torch.Tensor:
-        """Byte plus hash n-gram embeddings of new bytes (batch, new), their left context read from the cache."""
-        num_new = token_ids.shape[1]
-        if cache is not None:
-            # One slot more for a provisional open-patch latent.
-            cache.reserve_after_ends(num_new + 1)
-            history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
-            token_ids = torch.cat([history, token_ids], dim=1)
-        return self.embed_bytes(token_ids, num_new)
+        """New bytes (batch, new) after the bytes before them that their hash n-grams read, from the cache when there
+        is one: (batch, context + new), as `encode_new_bytes` takes them."""
+        if cache is None:
+            return token_ids
+        # One slot more for a provisional open-patch latent.
+        cache.reserve_after_ends(token_ids.shape[1] + 1)
+        history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
+        return torch.cat([history, token_ids], dim=1)
+
+    def encode_new_bytes(self, context_ids: torch.Tensor, num_new: int, context: AttentionContext) -> torch.Tensor:
+        """Local encoder states (batch, num_new, encoder_hidden) of the last `num_new` bytes of `context_ids`
+        (batch, context + num_new), embedded with their hash n-grams: one function, so that a compiled step embeds
+        and encodes in one graph."""
+        return self.local_encoder(self.embed_bytes(context_ids, num_new), context)
 
     def draft_byte(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
         """Append one drafted byte per row (batch, 1) to the encoder and decoder only, for self-speculative drafting.
@@ -1674,7 +1680,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             `torch.Tensor` of shape `(batch, 1, decoder_hidden)`: the drafted byte's decoder state.
         """
         starts, byte_ends, slots, real = self._append_slots(input_ids, cache, None)
-        byte_embeddings = self._embed_new_bytes(input_ids, cache, starts, byte_ends)
+        context_ids = self._bytes_with_context(input_ids, cache, starts, byte_ends)
         decoder_lags = None if cache.decoder_may_lag else False
         steps = step_runner(cache, 1)
         encoder_context = build_attention_context(
@@ -1685,7 +1691,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             cache.encoder,
             cache.fixed_byte_keys(1) if steps is not None else None,
         )
-        byte_states = run_stack(steps, self.local_encoder, byte_embeddings, encoder_context)
+        byte_states = run_stack(steps, self.encode_new_bytes, context_ids, 1, encoder_context)
         cache.append_draft_byte(slots, input_ids)
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(

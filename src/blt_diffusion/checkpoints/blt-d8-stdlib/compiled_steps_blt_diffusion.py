@@ -19,7 +19,7 @@ backend), generation warns once and goes on uncompiled, with the same bytes.
 """
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -92,21 +92,22 @@ class CompiledDecodingSteps:
 
     def __init__(self, compile_config: CompileConfig):
         self.compile_config = compile_config
-        self._compiled: dict[nn.Module, nn.Module] = {}
+        self._compiled: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
         self.unavailable: str | None = None
 
     @property
-    def stacks(self) -> tuple[nn.Module, ...]:
-        """The stacks compiled so far."""
-        return tuple(self._compiled)
+    def stacks(self) -> tuple[str, ...]:
+        """The names of the steps compiled so far: a stack's class, or the model method that runs one."""
+        return tuple(getattr(step, "__name__", type(step).__name__) for step in self._compiled)
 
-    def run(self, stack: nn.Module, *inputs) -> torch.Tensor:
-        """`stack(*inputs)`, compiled; uncompiled once compiling has failed."""
+    def run(self, stack: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
+        """`stack(*inputs)` (a transformer stack, or a model method that runs one), compiled; uncompiled once
+        compiling has failed."""
         if self.unavailable is not None:
             return stack(*inputs)
         compiled = self._compiled.get(stack)
         if compiled is None:
-            device = next(stack.parameters()).device
+            device = next(value for value in inputs if isinstance(value, torch.Tensor)).device
             compiled = self._compiled[stack] = torch.compile(
                 stack, **torch_compile_arguments(self.compile_config, device)
             )
