@@ -71,7 +71,7 @@ def test_compiled_steps_give_stock_bytes(pair, rows):
         "BltDiffusionPatcher",
         "encode_new_bytes",
         "BltDiffusionGlobalTransformer",
-        "BltDiffusionLocalDecoder",
+        "decode_bytes",
     }
 
 

@@ -1080,7 +1080,7 @@ class BltDiffusionBlockDecodingMixin:
         )
         decoder_inputs = torch.cat([byte_states, self.train_cell_states(encoded, blocks, context)], dim=1)
         latent_targets = torch.cat([encoded.segmentation.decoder_target, cell_targets], dim=1)
-        states = self.local_decoder(decoder_inputs, gather_latents(latent_keys_values, latent_targets), context)
+        states = self.decode_bytes(decoder_inputs, latent_keys_values, latent_targets, context)
         return states[:, :num_clean], states[:, num_clean:].unflatten(1, blocks.starts.shape[1:] + (-1,))
 
     def train_cell_states(
@@ -1250,10 +1250,8 @@ class BltDiffusionBlockDecodingMixin:
             cache.decoder,
             shared_write_start=int(query_slots[0, 0]) if aligned else None,
         )
-        states = self.local_decoder(
-            torch.cat([clean_states, cell_states], dim=1),
-            gather_latents(cache.latent_keys_values, latent_targets),
-            context,
+        states = self.decode_bytes(
+            torch.cat([clean_states, cell_states], dim=1), cache.latent_keys_values, latent_targets, context
         )
         cache.mark_decoded(block_starts, newest_is_final)
         return states[:, -block_size:]
@@ -1661,6 +1659,19 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         history = bytes_before(cache.token_ids, starts, byte_ends, self.ngram_hasher.window - 1)
         return torch.cat([history, token_ids], dim=1)
 
+    def decode_bytes(
+        self,
+        byte_states: torch.Tensor,
+        latent_keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+        latent_targets: torch.Tensor,
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """Local decoder states (batch, queries, decoder_hidden) of `byte_states` (batch, queries, encoder_hidden),
+        query i cross-attending patch `latent_targets[:, i]` of `latent_keys_values` (per cross-attention layer, keys
+        and values (batch, patches, k, kv_heads, head_dim)): one function, so that a compiled step picks the latents
+        and decodes in one graph."""
+        return self.local_decoder(byte_states, gather_latents(latent_keys_values, latent_targets), context)
+
     def encode_new_bytes(self, context_ids: torch.Tensor, num_new: int, context: AttentionContext) -> torch.Tensor:
         """Local encoder states (batch, num_new, encoder_hidden) of the last `num_new` bytes of `context_ids`
         (batch, context + num_new), embedded with their hash n-grams: one function, so that a compiled step embeds
@@ -1803,8 +1814,9 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             # One new byte, and maybe the previous one again: the compiled steps ran the encoder, and the decoder too.
             steps = step_runner(cache, num_new)
             decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1], steps)
-            gathered = gather_latents(encoded.latent_keys_values, decoder_targets)
-            decoder_states = run_stack(steps, self.local_decoder, byte_states, gathered, decoder_context)[:, -num_new:]
+            decoder_states = run_stack(
+                steps, self.decode_bytes, byte_states, encoded.latent_keys_values, decoder_targets, decoder_context
+            )[:, -num_new:]
         else:
             decoder_states = self._decode_with_twins(
                 cache, encoded, byte_states, decoder_targets, decoder_start, twins
@@ -1871,8 +1883,12 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             buffer=cache.decoder,
             write_slots=torch.cat([slots, twins.write_slots], dim=1),
         )
-        gathered = gather_latents(encoded.latent_keys_values, torch.cat([decoder_targets, twins.targets], dim=1))
-        outputs = self.local_decoder(torch.cat([byte_states, twin_inputs], dim=1), gathered, context)
+        outputs = self.decode_bytes(
+            torch.cat([byte_states, twin_inputs], dim=1),
+            encoded.latent_keys_values,
+            torch.cat([decoder_targets, twins.targets], dim=1),
+            context,
+        )
         decoder_states, twin_states = outputs[:, num_queries - num_new : num_queries], outputs[:, num_queries:]
         index = twins.index[..., None].expand(-1, -1, decoder_states.shape[-1])
         current = decoder_states.gather(1, index)
