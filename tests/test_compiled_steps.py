@@ -67,7 +67,7 @@ def test_compiled_steps_give_stock_bytes(pair, rows):
     assert_same_greedy_bytes(ours, rows, expected, actual, max_ties=0)
     steps = compiled_steps_for(ours, TRACED)
     assert steps.unavailable is None
-    assert set(steps.stacks) == {
+    assert set(steps.step_names) == {
         "BltDiffusionPatcher",
         "encode_new_bytes",
         "BltDiffusionGlobalTransformer",
@@ -92,7 +92,7 @@ def test_compiled_verified_diffusion_stays_lossless(diffusion_model, rows):
         diffusion_model, rows, new_bytes=32, decoding="diffusion_verified", block_size=8, compile_config=TRACED
     )
     assert_same_greedy_bytes(diffusion_model, rows, expected, actual)
-    assert compiled_steps_for(diffusion_model, TRACED).stacks
+    assert compiled_steps_for(diffusion_model, TRACED).step_names
 
 
 class HostReads(TorchFunctionMode):
@@ -122,7 +122,7 @@ def test_compiled_autoregressive_steps_read_the_device_twice_per_byte(pair, rows
         return reads.count
 
     # The counting mode is part of what compiled graphs are guarded on: they compile again under it.
-    with torch._dynamo.config.patch(recompile_limit=64):
+    with torch._dynamo.config.patch(cache_size_limit=64):
         # The difference leaves out what a call reads once (its prompt, its arguments).
         assert host_reads(40) - host_reads(8) <= 2 * 32
 
@@ -137,7 +137,7 @@ def test_inductor_compiles_the_steps(default_pair, rows):
     has_compiler = any(shutil.which(compiler) for compiler in (os.environ.get("CXX", "g++"), "g++", "clang++"))
     steps = compiled_steps_for(ours, config)
     assert (steps.unavailable is None) == has_compiler
-    assert steps.stacks, "the steps went through the compiled stacks"
+    assert steps.step_names, "the steps went through the compiled stacks"
 
 
 def refusing_backend(graph_module, example_inputs):

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .compiled_steps_blt_diffusion import CompiledDecodingSteps, attended_slots
+from .compiled_steps_blt_diffusion import attended_slots
 
 if TYPE_CHECKING:
     from .block_diffusion_blt_diffusion import BlockDiffusionLayout
+    from .compiled_steps_blt_diffusion import CompiledDecodingSteps
     from .configuration_blt_diffusion import BltDiffusionConfig
 
 
@@ -556,10 +557,12 @@ class BltDiffusionCache:
             return newest_closes_patch
         return torch.zeros_like(newest_closes_patch)
 
-    def crop(self, lengths: torch.Tensor | int) -> None:
+    def crop(self, lengths: torch.Tensor | int, end_bound: int | None = None) -> None:
         """Roll every level back so that row r keeps its first `lengths[r]` bytes (padding excluded).
 
         Patches that ended in the removed bytes are forgotten; a patch cut in two becomes the open patch again.
+        `end_bound`, when the caller knows one (the bound before appending bytes that it now crops away), replaces
+        the host-side bound on the rows' ends, which a crop otherwise keeps as it was.
         """
         if isinstance(lengths, int):
             lengths = torch.full_like(self.starts, lengths)
@@ -574,6 +577,8 @@ class BltDiffusionCache:
         newest_closes_patch = self.ends_patch.gather(1, (new_ends - 1).clamp(min=0)[:, None])[:, 0]
         pending = self.newest_decoding_is_provisional(newest_closes_patch)
         self.decoder.crop(new_ends - pending.long())
+        if end_bound is not None:
+            self.end_bound = min(self.end_bound, end_bound)
 
     def held_prefix_lengths(self, token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """Per row, how many first bytes of `token_ids[r, starts[r]:ends[r]]` this cache holds: the length of the

@@ -9,11 +9,13 @@ A compiled graph needs shapes that do not change from step to step, so a compile
 its key/value buffer's first slots under a mask (`build_attention_context(..., fixed_keys=...)`) instead of the
 slice that holds keys, and writes its keys through tensors of slots. That number is the slots in use rounded up to a
 power of two (`attended_slots`): a step's shape changes only when the text crosses one, and a long generation does
-not pay, at every byte, for the whole capacity it will reach. Everything around the stacks (hash n-grams, patch
-boundaries, pooling, the cache's bookkeeping, logits processors) stays eager: it depends on data, and it is a small
-share of a step.
+not pay, at every byte, for the whole capacity it will reach. The encoder's step also embeds the new byte (its byte
+and hash n-gram tables: `encode_new_bytes`), and the decoder's picks each query's patch latents (`decode_bytes`).
+The rest (patch boundaries, pooling, the cache's bookkeeping, logits processors, stopping) stays eager: it depends
+on data, and on a GPU it costs two synchronisations per step (whether the global transformer runs, whether
+generation is done).
 
-Compilation happens at the first step of a new shape (batch size, cache capacity), once per stack; the compiled
+Compilation happens at the first step of a new shape (batch size, attended slots), once per stack; the compiled
 stacks are kept with the model for later calls. Where compiling is not possible (no C++ compiler, an unsupported
 backend), generation warns once and goes on uncompiled, with the same bytes.
 """
@@ -21,11 +23,16 @@ backend), generation warns once and goes on uncompiled, with the same bytes.
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import CompileConfig
 from transformers.utils import logging
+
+if TYPE_CHECKING:
+    from .cache_blt_diffusion import BltDiffusionCache
+    from .generation_blt_diffusion import BltDiffusionGenerationConfig
 
 logger = logging.get_logger(__name__)
 
@@ -67,7 +74,7 @@ def torch_compile_arguments(compile_config: CompileConfig, device: torch.device)
     arguments = compile_config.to_dict()
     if arguments["dynamic"] is None:
         # None lets torch make a dimension symbolic once it changes; the steps' shapes change only with batch size and
-        # cache capacity, and a symbolic capacity comes back from the graph as a host read.
+        # attended slots, and a symbolic size comes back from the graph as a host read.
         arguments["dynamic"] = False
     inductor = arguments["backend"] == "inductor"
     if inductor and device.type == "cpu" and arguments["options"] is None:
@@ -96,13 +103,14 @@ class CompiledDecodingSteps:
         self.unavailable: str | None = None
 
     @property
-    def stacks(self) -> tuple[str, ...]:
-        """The names of the steps compiled so far: a stack's class, or the model method that runs one."""
+    def step_names(self) -> tuple[str, ...]:
+        """The names of the steps compiled so far: a stack's class, or the model function that runs one."""
         return tuple(getattr(step, "__name__", type(step).__name__) for step in self._compiled)
 
     def run(self, stack: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
-        """`stack(*inputs)` (a transformer stack, or a model method that runs one), compiled; uncompiled once
-        compiling has failed."""
+        """`stack(*inputs)`, compiled; uncompiled once compiling has failed. `stack` is a transformer stack or a
+        function of the model that runs one, given the model as its first input: never a bound method, which would
+        keep the model alive through the compiled steps kept for it."""
         if self.unavailable is not None:
             return stack(*inputs)
         compiled = self._compiled.get(stack)
@@ -143,24 +151,28 @@ def compiled_steps_for(model: nn.Module, compile_config: CompileConfig) -> Compi
     return by_config[key]
 
 
-# Graphs dynamo may keep per stack while compiled steps decode: one per batch size, attended span (a power of two: a
-# long generation crosses several) and number of queries (the decoder's one or two). Dynamo's default, 8, is about one
-# long generation's worth, past which it would run new shapes uncompiled.
+# Graphs dynamo may keep per stack while compiled steps decode: one per batch size, cache capacity, attended slots (a
+# power of two: a long generation crosses several) and number of queries (the decoder's one or two). Dynamo's default,
+# 8, is about one long generation's worth, past which it would run new shapes uncompiled.
 STEP_GRAPHS_PER_STACK = 64
 
 
 @contextmanager
-def compiled_decoding_steps(model: nn.Module, cache, generation_config) -> Iterator[None]:
+def compiled_decoding_steps(
+    model: nn.Module, cache: "BltDiffusionCache", generation_config: "BltDiffusionGenerationConfig"
+) -> Iterator[None]:
     """Decode with `model`'s compiled steps on `cache` inside this block, when `generation_config` asks for them: the
     cache carries them (its single-position calls run them) and dynamo may keep `STEP_GRAPHS_PER_STACK` graphs per
-    stack (other code keeps the user's limit)."""
+    compiled function. Dynamo's limit is process-wide: code compiled inside the block (a user's logits processor)
+    gets the raised limit too, and the user's own limit is back after it."""
     if not compiles_steps(generation_config):
         yield
         return
     cache.compiled_steps = compiled_steps_for(model, generation_config.compile_config)
-    limit = max(torch._dynamo.config.recompile_limit, STEP_GRAPHS_PER_STACK)
+    # `cache_size_limit`: the name every supported torch knows (torch 2.7 renamed it `recompile_limit`, keeping it).
+    limit = max(torch._dynamo.config.cache_size_limit, STEP_GRAPHS_PER_STACK)
     try:
-        with torch._dynamo.config.patch(recompile_limit=limit):
+        with torch._dynamo.config.patch(cache_size_limit=limit):
             yield
     finally:
         cache.compiled_steps = None

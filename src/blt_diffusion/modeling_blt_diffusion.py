@@ -773,8 +773,8 @@ class StepPlan:
         may_lag = cache is not None and cache.decoder_may_lag
         if may_lag:
             values.append(cache.decoder_lag_rows(byte_ends).any())
-        read = torch.stack([value.long() for value in values]).tolist()
-        return cls(read[0], (read[1], read[2]), bool(read[3]) if may_lag else False)
+        values_read = torch.stack([value.long() for value in values]).tolist()
+        return cls(values_read[0], (values_read[1], values_read[2]), bool(values_read[3]) if may_lag else False)
 
 
 def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodingSteps | None:
@@ -1577,7 +1577,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         encoder_context = build_attention_context(
             starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, fixed_keys
         )
-        byte_states = run_stack(steps, self.encode_new_bytes, context_ids, num_new, encoder_context)
+        byte_states = run_stack(steps, type(self).encode_new_bytes, self, context_ids, num_new, encoder_context)
 
         num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
         open_patch_start = cache.open_patch_starts() if cache is not None else starts
@@ -1702,7 +1702,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             cache.encoder,
             cache.fixed_byte_keys(1) if steps is not None else None,
         )
-        byte_states = run_stack(steps, self.encode_new_bytes, context_ids, 1, encoder_context)
+        byte_states = run_stack(steps, type(self).encode_new_bytes, self, context_ids, 1, encoder_context)
         cache.append_draft_byte(slots, input_ids)
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(
@@ -1815,7 +1815,13 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             steps = step_runner(cache, num_new)
             decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1], steps)
             decoder_states = run_stack(
-                steps, self.decode_bytes, byte_states, encoded.latent_keys_values, decoder_targets, decoder_context
+                steps,
+                type(self).decode_bytes,
+                self,
+                byte_states,
+                encoded.latent_keys_values,
+                decoder_targets,
+                decoder_context,
             )[:, -num_new:]
         else:
             decoder_states = self._decode_with_twins(

@@ -12,6 +12,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -338,8 +339,11 @@ def open_cache(
     return model.new_cache(input_ids.shape[0], capacity, device=input_ids.device), input_ids, attention_mask
 
 
-# `GenerationState`'s mark for running rows known to hold different numbers of bytes.
-NOT_SHARED = object()
+class RunningLength(Enum):
+    """What `GenerationState` knows of its running rows' common length when it is not a number on the host."""
+
+    UNREAD = "to be read from the device"
+    NOT_SHARED = "the running rows hold different numbers of bytes"
 
 
 class CommittedByteRecord:
@@ -420,10 +424,10 @@ class GenerationState:
         self.raw_logits = CommittedByteRecord(max_new_tokens) if generation_config.output_logits else None
         if max_new_tokens == 0:
             self.unfinished[:] = False
-        # Host-side knowledge, None when it must be read: the last `done` answer, the running rows' common length
-        # (NOT_SHARED when they differ) and the longest row's length.
+        # Host-side knowledge, None (or UNREAD) when it must be read: the last `done` answer, the running rows' common
+        # length and the longest row's length.
         self._done: bool | None = None
-        self._running_length: int | object | None = prompt_length
+        self._running_length: int | RunningLength = prompt_length
         self._longest: int | None = prompt_length
 
     @property
@@ -438,10 +442,11 @@ class GenerationState:
         when running rows differ (speculative decoding accepts different numbers of bytes per row)."""
         if self.done:
             return self.longest()
-        if self._running_length is None:
+        if self._running_length is RunningLength.UNREAD:
             lengths = (self.prompt_length + self.num_generated)[self.unfinished]
-            self._running_length = int(lengths[0]) if bool((lengths == lengths[0]).all()) else NOT_SHARED
-        return None if self._running_length is NOT_SHARED else self._running_length
+            shared = bool((lengths == lengths[0]).all())
+            self._running_length = int(lengths[0]) if shared else RunningLength.NOT_SHARED
+        return None if self._running_length is RunningLength.NOT_SHARED else self._running_length
 
     def longest(self) -> int:
         """The longest row's committed length, prompt included."""
@@ -491,7 +496,7 @@ class GenerationState:
         offered = torch.where(self.unfinished, offered, 0)
         rows = torch.arange(batch_size, device=tokens.device)
         taken = torch.zeros_like(offered)
-        num_taken_by_running = 0
+        bytes_taken_per_running_row = 0
         for index in range(num_offered):
             takes = self.unfinished & (index < offered)
             if (uniform_length is None or index > 0) and not bool(takes.any()):
@@ -505,12 +510,15 @@ class GenerationState:
                     record.write(positions, offered_vectors[:, index], takes)
             self.num_generated += takes.long()
             taken += takes.long()
-            num_taken_by_running += 1
+            bytes_taken_per_running_row += 1
             self._longest = None if uniform_length is None else max(self.longest(), uniform_length + index + 1)
             stopped = self.stopping_criteria(self.right_aligned(), self.last_scores)
             self.unfinished &= ~(takes & stopped)
         self.unfinished &= self.num_generated < self.max_new_tokens
-        self._running_length = None if uniform_length is None else uniform_length + num_taken_by_running
+        if uniform_length is None:
+            self._running_length = RunningLength.UNREAD
+        else:
+            self._running_length = uniform_length + bytes_taken_per_running_row
         if self.streamer is not None and int(taken[0]) > 0:
             end = self.prompt_length + int(self.num_generated[0])
             self.streamer.put(self.sequences[0, end - int(taken[0]) : end].cpu())
@@ -1072,6 +1080,7 @@ class SelfSpeculativeDecoding(SpeculativeDecoding):
         """Draft with the encoder and decoder alone, each byte after the previous one."""
         do_sample = self.generation_config.do_sample
         lengths = self.cache.lengths()
+        end_bound = self.cache.end_bound
         drafted = torch.empty(len(lengths), 0, dtype=torch.long, device=lengths.device)
         distributions = []
         last = None if self.correction is None else self.correction[:, None]
@@ -1088,7 +1097,8 @@ class SelfSpeculativeDecoding(SpeculativeDecoding):
                 token = scores.argmax(dim=-1)
             drafted = torch.cat([drafted, token[:, None]], dim=1)
             last = drafted[:, -1:]
-        self.cache.crop(lengths)
+        # Back to the bytes before drafting, and to the host's bound on their ends: compiled steps read as many slots.
+        self.cache.crop(lengths, end_bound)
         state.count_calls(decoder=draft_length - int(self.correction is None))
         if do_sample:
             return drafted, torch.stack(distributions, dim=1)
