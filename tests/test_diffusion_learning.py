@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import BATCH_OF_ONE_PROMPTS, BOS, assert_same_greedy_bytes, generate_new_bytes
+from conftest import BOS, assert_same_greedy_bytes, generate_new_bytes
 
 from blt_diffusion import BltDiffusionConfig, BltDiffusionForCausalLM
 from blt_diffusion.random_init import calibrate_random_model, tiny_blt_config
@@ -119,35 +119,37 @@ def test_tiny_blt_d_learns_a_deterministic_language_and_decodes_several_bytes_pe
     assert bytes_per_decoder_call > 2, bytes_per_decoder_call
 
 
+ALL_PROMPTS = tuple(range(32))
+# Every fourth prompt, decoded alone.
+ALONE_PROMPTS = ALL_PROMPTS[::4]
+
+
 @pytest.fixture(scope="module")
 def lossless_references(trained):
-    """64 prompts and the 256 bytes greedy autoregressive decoding appends to each, from left-padded batches of 4
+    """32 prompts and the 256 bytes greedy autoregressive decoding appends to each, from left-padded batches of 4
     (batches equal single rows: `test_generation.py`)."""
     model, train_words, _ = trained
     rows = [
         torch.tensor([byte_ids(records(random.Random(500 + index), train_words, 1 + index % 3))])
-        for index in range(64)
+        for index in range(len(ALL_PROMPTS))
     ]
     references = [generate_new_bytes(model, rows[start : start + 4])[1] for start in range(0, len(rows), 4)]
     return rows, torch.cat(references)
-
-
-ALL_PROMPTS = tuple(range(64))
 
 
 @pytest.mark.parametrize(
     "decoding, knobs, prompts, batch_size",
     [
         ("self_speculative", {"draft_length": 8}, ALL_PROMPTS, 4),
-        ("self_speculative", {"draft_length": 8}, BATCH_OF_ONE_PROMPTS, 1),
+        ("self_speculative", {"draft_length": 8}, ALONE_PROMPTS, 1),
         ("diffusion_verified", {}, ALL_PROMPTS, 4),
-        ("diffusion_verified", {}, BATCH_OF_ONE_PROMPTS, 1),
+        ("diffusion_verified", {}, ALONE_PROMPTS, 1),
         ("diffusion_verified", {"unmasking": "confidence", "block_size": 4}, ALL_PROMPTS[:8], 4),
     ],
     ids=[
-        "self_speculative-64_prompts-batch_4",
+        "self_speculative-32_prompts-batch_4",
         "self_speculative-8_prompts-alone",
-        "diffusion_verified-64_prompts-batch_4",
+        "diffusion_verified-32_prompts-batch_4",
         "diffusion_verified-8_prompts-alone",
         "diffusion_verified_confidence-8_prompts-batch_4",
     ],
@@ -156,7 +158,7 @@ def test_lossless_strategies_equal_autoregressive_decoding_on_trained_weights(
     trained, lossless_references, decoding, knobs, prompts, batch_size
 ):
     """On trained weights drafts are mostly right, so rounds accept many bytes (unlike random weights). Batches of
-    4 cover every prompt; alone, the 8 of `BATCH_OF_ONE_PROMPTS` (batches equal rows alone: `test_generation.py`)."""
+    4 cover every prompt; alone, the 8 of `ALONE_PROMPTS` (batches equal rows alone: `test_generation.py`)."""
     model = trained[0]
     rows, references = lossless_references
     rows, references = [rows[index] for index in prompts], references[list(prompts)]
