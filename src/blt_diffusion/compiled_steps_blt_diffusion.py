@@ -9,11 +9,11 @@ A compiled graph needs shapes that do not change from step to step, so a compile
 its key/value buffer's first slots under a mask (`build_attention_context(..., fixed_keys=...)`) instead of the
 slice that holds keys, and writes its keys through tensors of slots. That number is the slots in use rounded up to a
 power of two (`attended_slots`): a step's shape changes only when the text crosses one, and a long generation does
-not pay, at every byte, for the whole capacity it will reach. The encoder's step also embeds the new byte (its byte
-and hash n-gram tables: `encode_new_bytes`), and the decoder's picks each query's patch latents (`decode_bytes`).
-The rest (patch boundaries, pooling, the cache's bookkeeping, logits processors, stopping) stays eager: it depends
-on data, and on a GPU it costs two synchronisations per step (whether the global transformer runs, whether
-generation is done).
+not pay, at every byte, for the whole capacity it will reach. The encoder's step also runs the patcher and embeds
+the new byte (its byte and hash n-gram tables: `encode_new_bytes`), and the decoder's picks each query's patch
+latents (`decode_bytes`). The rest (patch boundaries, pooling, the cache's bookkeeping, logits processors, stopping)
+stays eager: it depends on data, and on a GPU it costs two synchronisations per step (whether the global transformer
+runs, whether generation is done).
 
 Compilation happens at the first step of a new shape (batch size, attended slots), once per stack; the compiled
 stacks are kept with the model for later calls. Where compiling is not possible (no C++ compiler, an unsupported
@@ -23,7 +23,7 @@ backend), generation warns once and goes on uncompiled, with the same bytes.
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from .generation_blt_diffusion import BltDiffusionGenerationConfig
 
 logger = logging.get_logger(__name__)
+
+# What a compiled step returns: a stack's states, or what the model function that runs it gives back.
+StepOutput = TypeVar("StepOutput")
 
 # Errors that mean "this stack cannot be compiled here", raised by the first call of a compiled stack.
 # (`torch._inductor.exc.InductorError`, a compiler that fails, is one of them.)
@@ -99,7 +102,7 @@ class CompiledDecodingSteps:
 
     def __init__(self, compile_config: CompileConfig):
         self.compile_config = compile_config
-        self._compiled: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
+        self._compiled: dict[Callable, Callable] = {}
         self.unavailable: str | None = None
 
     @property
@@ -107,7 +110,7 @@ class CompiledDecodingSteps:
         """The names of the steps compiled so far: a stack's class, or the model function that runs one."""
         return tuple(getattr(step, "__name__", type(step).__name__) for step in self._compiled)
 
-    def run(self, stack: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
+    def run(self, stack: Callable[..., StepOutput], *inputs) -> StepOutput:
         """`stack(*inputs)`, compiled; uncompiled once compiling has failed. `stack` is a transformer stack or a
         function of the model that runs one, given the model as its first input: never a bound method, which would
         keep the model alive through the compiled steps kept for it."""
@@ -180,6 +183,7 @@ def compiled_decoding_steps(
 
 __all__ = [
     "CompiledDecodingSteps",
+    "StepOutput",
     "attended_slots",
     "capacity_for_compiled_steps",
     "check_compile_config",

@@ -54,7 +54,7 @@ from .cache_blt_diffusion import (
     left_padding,
     num_cross_attention_layers,
 )
-from .compiled_steps_blt_diffusion import CompiledDecodingSteps
+from .compiled_steps_blt_diffusion import CompiledDecodingSteps, StepOutput
 from .configuration_blt_diffusion import BltDiffusionConfig
 from .generation_blt_diffusion import BltDiffusionGenerationConfig, BltDiffusionGenerationMixin
 from .modelcard_blt_diffusion import MODEL_CARD_NAME, is_transformers_placeholder, write_model_card
@@ -782,7 +782,7 @@ def step_runner(cache: BltDiffusionCache | None, num_new: int) -> CompiledDecodi
     return cache.compiled_steps if cache is not None and num_new == 1 else None
 
 
-def run_stack(steps: CompiledDecodingSteps | None, stack: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
+def run_stack(steps: CompiledDecodingSteps | None, stack: Callable[..., StepOutput], *inputs) -> StepOutput:
     """`stack(*inputs)`, compiled when `steps` are given (their context built with `fixed_keys`)."""
     return stack(*inputs) if steps is None else steps.run(stack, *inputs)
 
@@ -1561,23 +1561,23 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
 
         steps = step_runner(cache, num_new)
         fixed_keys = cache.fixed_byte_keys(num_new) if steps is not None else None
-        entropies = None
+        patcher_context = None
         if self.patcher is not None:
-            patcher_buffer = cache.patcher if cache is not None else None
             patcher_context = build_attention_context(
                 starts,
                 byte_ends,
                 num_new,
                 self.config.patcher_config.sliding_window,
-                patcher_buffer,
+                cache.patcher if cache is not None else None,
                 fixed_keys,
             )
-            entropies = run_stack(steps, self.patcher, token_ids, patcher_context)
         window = self.config.local_attention_window_len
         encoder_context = build_attention_context(
             starts, byte_ends, num_new, window, cache.encoder if cache is not None else None, fixed_keys
         )
-        byte_states = run_stack(steps, type(self).encode_new_bytes, self, context_ids, num_new, encoder_context)
+        entropies, byte_states = run_stack(
+            steps, type(self).encode_new_bytes, self, context_ids, num_new, encoder_context, patcher_context
+        )
 
         num_patches = cache.num_patches if cache is not None else torch.zeros_like(starts)
         open_patch_start = cache.open_patch_starts() if cache is not None else starts
@@ -1672,11 +1672,20 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         and decodes in one graph."""
         return self.local_decoder(byte_states, gather_latents(latent_keys_values, latent_targets), context)
 
-    def encode_new_bytes(self, context_ids: torch.Tensor, num_new: int, context: AttentionContext) -> torch.Tensor:
+    def encode_new_bytes(
+        self,
+        context_ids: torch.Tensor,
+        num_new: int,
+        context: AttentionContext,
+        patcher_context: AttentionContext | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Local encoder states (batch, num_new, encoder_hidden) of the last `num_new` bytes of `context_ids`
-        (batch, context + num_new), embedded with their hash n-grams: one function, so that a compiled step embeds
-        and encodes in one graph."""
-        return self.local_encoder(self.embed_bytes(context_ids, num_new), context)
+        (batch, context + num_new), embedded with their hash n-grams, and with a `patcher_context` the patcher's
+        entropies of the same bytes (batch, num_new), else None: one function, so that a compiled step runs the
+        patcher, embeds and encodes in one graph."""
+        new_ids = context_ids[:, -num_new:]
+        entropies = None if patcher_context is None else self.patcher(new_ids, patcher_context)
+        return entropies, self.local_encoder(self.embed_bytes(context_ids, num_new), context)
 
     def draft_byte(self, cache: BltDiffusionCache, input_ids: torch.Tensor) -> torch.Tensor:
         """Append one drafted byte per row (batch, 1) to the encoder and decoder only, for self-speculative drafting.
@@ -1702,7 +1711,7 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
             cache.encoder,
             cache.fixed_byte_keys(1) if steps is not None else None,
         )
-        byte_states = run_stack(steps, type(self).encode_new_bytes, self, context_ids, 1, encoder_context)
+        _, byte_states = run_stack(steps, type(self).encode_new_bytes, self, context_ids, 1, encoder_context)
         cache.append_draft_byte(slots, input_ids)
         num_patches = cache.num_patches[:, None]
         open_patch = PatchSegmentation(
