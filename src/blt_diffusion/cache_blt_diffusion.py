@@ -373,8 +373,8 @@ class BltDiffusionCache:
         self.ends_patch = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
         # Set by `generate` for its single-byte steps when asked to compile them (`compile_config`).
         self.compiled_steps: CompiledDecodingSteps | None = None
-        # Host-side facts that spare a decoding step two reads of device values (synchronisations on a GPU): an upper
-        # bound on every row's end, and whether the cache may hold no byte (only a new or cropped one may).
+        # Host-side facts that spare decoding steps reads of device values (synchronisations on a GPU): an upper bound
+        # on every row's end, and whether the cache may hold no byte (only a new or cropped one may).
         self.end_bound = 0
         self.may_be_empty = True
         # The same bound for the patch buffer: raised by every patch slot written, kept by crops.
@@ -471,7 +471,8 @@ class BltDiffusionCache:
         """Empty every row, its bytes to start at slot `starts[r]` (batch,) after left padding."""
         for buffer in self._byte_level_buffers():
             buffer.start_rows(starts)
-        self.end_bound = 0
+        # No byte, hence no patch.
+        self.end_bound = self.patch_end_bound = 0
         self.may_be_empty = True
         self.decoder_may_lag = False
 

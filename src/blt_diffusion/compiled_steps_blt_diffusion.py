@@ -154,10 +154,11 @@ def compiled_steps_for(model: nn.Module, compile_config: CompileConfig) -> Compi
     return by_config[key]
 
 
-# Graphs dynamo may keep per stack while compiled steps decode: one per batch size, cache capacity, attended slots (a
-# power of two: a long generation crosses several) and number of queries (the decoder's one or two). Dynamo's default,
-# 8, is about one long generation's worth, past which it would run new shapes uncompiled.
-STEP_GRAPHS_PER_STACK = 64
+# Graphs dynamo may keep per compiled function (a stack, or the model function that runs one) while compiled steps
+# decode: one per batch size, cache capacity, attended slots (a power of two: a long generation crosses several) and
+# number of queries (the decoder's one or two). Dynamo's default, 8, is about one long generation's worth, past which
+# it would run new shapes uncompiled.
+STEP_GRAPHS_PER_FUNCTION = 64
 
 
 @contextmanager
@@ -165,7 +166,7 @@ def compiled_decoding_steps(
     model: nn.Module, cache: "BltDiffusionCache", generation_config: "BltDiffusionGenerationConfig"
 ) -> Iterator[None]:
     """Decode with `model`'s compiled steps on `cache` inside this block, when `generation_config` asks for them: the
-    cache carries them (its single-position calls run them) and dynamo may keep `STEP_GRAPHS_PER_STACK` graphs per
+    cache carries them (its single-position calls run them) and dynamo may keep `STEP_GRAPHS_PER_FUNCTION` graphs per
     compiled function. Dynamo's limit is process-wide: code compiled inside the block (a user's logits processor)
     gets the raised limit too, and the user's own limit is back after it."""
     if not compiles_steps(generation_config):
@@ -173,7 +174,7 @@ def compiled_decoding_steps(
         return
     cache.compiled_steps = compiled_steps_for(model, generation_config.compile_config)
     # `cache_size_limit`: the name every supported torch knows (torch 2.7 renamed it `recompile_limit`, keeping it).
-    limit = max(torch._dynamo.config.cache_size_limit, STEP_GRAPHS_PER_STACK)
+    limit = max(torch._dynamo.config.cache_size_limit, STEP_GRAPHS_PER_FUNCTION)
     try:
         with torch._dynamo.config.patch(cache_size_limit=limit):
             yield

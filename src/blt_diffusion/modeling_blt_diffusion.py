@@ -1820,7 +1820,8 @@ class BltDiffusionModel(BltDiffusionBlockDecodingMixin, BltDiffusionPreTrainedMo
         if stepwise and cache is not None and cache.newest_byte_is_provisional:
             twins = FrontierTwins.build(cache, encoded)
         if twins is None:
-            # One new byte, and maybe the previous one again: the compiled steps ran the encoder, and the decoder too.
+            # A single new byte (with maybe the previous one again) runs the compiled decoder step, as it ran the
+            # encoder's.
             steps = step_runner(cache, num_new)
             decoder_context = self._decoder_context(cache, encoded, decoder_start, byte_states.shape[1], steps)
             decoder_states = run_stack(
